@@ -1,0 +1,71 @@
+# FSGR + PMA captioning pipeline. `make demo` / `make test` set everything up from nothing.
+DATASET ?= demo
+CONFIG  ?= configs/$(DATASET).toml
+ARGS    ?=
+FAISS   ?= cpu
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(FAISS)
+
+.PHONY: setup java demo test data extract cluster train eval all clean bench gpu-check status
+
+setup: $(STAMP) java
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,$(FAISS)]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# Java runs the PTB tokenizer and METEOR of pycocoevalcap.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "java not found: installing a headless JRE"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; \
+	  else echo "error: Java is required (PTB tokenizer, METEOR); install a JRE (e.g. apt-get install default-jre-headless)"; exit 1; fi; }
+	@java -version 2>&1 | head -n 1
+
+test: setup
+	$(PY) -m pytest -q tests $(ARGS)
+
+data: setup
+	$(PY) -m shared.datasets prepare --config $(CONFIG) $(ARGS)
+
+extract: setup
+	$(PY) -m extract all --config $(CONFIG) $(ARGS)
+
+# Stages that are not built yet fail loudly instead of doing nothing.
+define require_stage
+	@test -f $(1)/__main__.py || { echo "error: stage '$(1)' is not implemented yet (see the open issues)"; exit 2; }
+endef
+
+cluster: setup
+	$(call require_stage,cluster)
+	$(PY) -m cluster all --config $(CONFIG) $(ARGS)
+
+train: setup
+	$(call require_stage,train)
+	$(PY) -m train --config $(CONFIG) $(ARGS)
+
+eval: setup
+	$(call require_stage,evaluate)
+	$(PY) -m evaluate score --config $(CONFIG) $(ARGS)
+
+all: data extract cluster train eval
+
+demo: DATASET = demo
+demo: all
+
+status: setup
+	$(PY) -m shared.status --config $(CONFIG)
+
+bench: setup
+	$(PY) bench/extract.py
+
+gpu-check: setup
+	$(PY) bench/gpu_check.py
+
+clean:
+	rm -rf runs/$(DATASET)

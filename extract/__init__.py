@@ -1,0 +1,1 @@
+"""Stage programs that turn images into cached features: `extract vocab|clip|all`."""

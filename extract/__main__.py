@@ -1,0 +1,59 @@
+"""`python -m extract {vocab,clip,all}`: the feature-extraction stage program."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from extract.clip_features import extract_clip
+from extract.vocab_stage import build_vocab
+from shared.chunked_stage import Shard
+from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Extract cached features: vocabulary, CLIP patch tokens.")
+
+ShardOption = Annotated[str, typer.Option(
+    "--shard", help="Fill only shard i of n (i/n, 0-based); run n processes to fill one store.")]
+FAILED_IMAGES_EXIT = 3
+
+
+@app.command()
+@one_line_errors
+def vocab(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """Build the caption vocabulary of the training split."""
+    _, line = build_vocab(load(config, set_), force=force)
+    typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def clip(config: ConfigOption, set_: SetOption = None, force: ForceOption = False,
+         shard: ShardOption = "0/1") -> None:
+    """Run CLIP once over every image into features/clip.{zarr,h5}.
+
+    Exit status 3 when the run completed but some images could not be read (listed in
+    features/clip.failures.jsonl); a later run that finds the store complete exits 0.
+    """
+    result = extract_clip(load(config, set_), force=force, shard=Shard.parse(shard))
+    for line in result.messages:
+        typer.echo(line)
+    if not result.skipped and result.failed:
+        raise typer.Exit(FAILED_IMAGES_EXIT)
+
+
+@app.command("all")
+@one_line_errors
+def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """Every extraction step in order, skipping what is up to date."""
+    cfg = load(config, set_)
+    _, line = build_vocab(cfg, force=force)
+    typer.echo(line)
+    result = extract_clip(cfg, force=force)
+    for line in result.messages:
+        typer.echo(line)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,76 @@
+"""Shared fixtures: a small real image dataset on disk, a tiny open_clip checkpoint, configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.clip_model import create_clip, save_clip_weights
+from shared.config import Config, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_MODEL = "demo-tiny-clip"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+_WORDS = ["red", "blue", "green", "circle", "square", "star", "small", "large"]
+
+
+def write_karpathy(path: Path, entries: list[dict]) -> None:
+    path.write_text(json.dumps({"images": entries, "dataset": "test"}))
+
+
+def karpathy_entry(i: int, split: str, filename: str, filepath: str = "") -> dict:
+    rng = np.random.default_rng(i)
+    sentences = []
+    for _ in range(5):
+        words = ["a", *rng.choice(_WORDS, size=3).tolist(), "on", "the", "left"]
+        sentences.append({"tokens": words, "raw": " ".join(words).capitalize() + "."})
+    return {"split": split, "filepath": filepath, "filename": filename, "imgid": i,
+            "cocoid": 1000 + i, "sentences": sentences}
+
+
+@pytest.fixture(scope="session")
+def image_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 real JPEG/PNG files of varied sizes + a Karpathy json (train/restval/val/test)."""
+    root = tmp_path_factory.mktemp("images_ds")
+    (root / "images" / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    entries = []
+    splits = ["train"] * 24 + ["restval"] * 4 + ["val"] * 6 + ["test"] * 6
+    for i, split in enumerate(splits):
+        size = (int(rng.integers(40, 120)), int(rng.integers(40, 120)))
+        pixels = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+        name = f"img_{i:03d}." + ("png" if i % 3 == 0 else "jpg")
+        Image.fromarray(pixels).save(root / "images" / "a" / name)
+        entries.append(karpathy_entry(i, split, name, filepath="a"))
+    write_karpathy(root / "dataset.json", entries)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights of the repo's tiny CLIP config, saved as a local checkpoint file."""
+    torch.manual_seed(0)
+    bundle = create_clip(TINY_MODEL, "")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_clip.pt"
+    save_clip_weights(bundle.model, path)
+    return path
+
+
+def make_config(run_root: Path, dataset: Path, checkpoint: Path, *extra: str) -> Config:
+    """The demo config pointed at a test dataset, test run folder and tiny checkpoint."""
+    return load_config(REPO / "configs" / "demo.toml", [
+        f"data.karpathy_json={json.dumps(str(dataset / 'dataset.json'))}",
+        f"data.image_root={json.dumps(str(dataset / 'images'))}",
+        f"data.run_root={json.dumps(str(run_root))}",
+        f"clip.model={json.dumps(TINY_MODEL)}",
+        f"clip.pretrained={json.dumps(str(checkpoint))}",
+        "clip.batch_size=8", "clip.num_workers=0", "clip.device=\"cpu\"",
+        "store.rows_per_chunk=8", *extra])

@@ -1,0 +1,76 @@
+"""Config loading: every shipped config is valid; bad keys, types and overrides are named."""
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, load_config, parse_override
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    config = load_config(path)
+    assert config.data.name == path.stem
+    assert config.run_dir == Path("runs") / path.stem
+
+
+def test_defaults_follow_the_papers() -> None:
+    config = load_config(CONFIGS[0])
+    assert (config.fsgr.top_k, config.fsgr.n_layers, config.fsgr.d_model) == (20, 2, 512)
+    assert config.fsgr.contrastive_temperature == 0.07 and config.fsgr.contrastive_weight == 0.25
+    assert (config.eval.beam_size, config.eval.max_length) == (5, 20)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'clip\.modle'"):
+        load_config(_write(tmp_path, '[clip]\nmodle = "ViT-B-16"\n'))
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown config section 'clipp'"):
+        load_config(_write(tmp_path, '[clipp]\nmodel = "x"\n'))
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[clip]\nbatch_size = "big"\n', "clip.batch_size"),
+    ("[clip]\nbatch_size = 1.5\n", "clip.batch_size"),
+    ("[memory]\nself = 1\n", "memory.self"),
+    ("[train]\nlr = true\n", "train.lr"),
+    ("[data]\ncaptions_json = [1, 2]\n", r"data.captions_json\[0\]"),
+    ('[store]\nformat = "parquet"\n', "store.format"),
+])
+def test_wrong_type_is_named(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(_write(tmp_path, text))
+
+
+def test_int_is_accepted_for_float(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, "[train]\nlr = 1\n")).train.lr == 1.0
+
+
+def test_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[clip]\nmodel = "ViT-L-14"\n')
+    config = load_config(path, ["clip.model=ViT-B-16", "clip.batch_size=8", "memory.cross=true",
+                                'data.karpathy_json="x/y.json"', "train.lr=1e-3"])
+    assert config.clip.model == "ViT-B-16" and config.clip.batch_size == 8
+    assert config.memory.cross is True and config.train.lr == 1e-3
+    assert config.data.karpathy_json == "x/y.json"
+    with pytest.raises(ConfigError, match="--set: unknown config key 'clip.nope'"):
+        load_config(path, ["clip.nope=1"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        parse_override("clipmodel")
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[clip\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
