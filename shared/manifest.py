@@ -89,7 +89,10 @@ def input_identity(path: Path) -> str:
 def current_state(spec: StageSpec, config: Config) -> dict[str, Any]:
     """Config values and input identities the stage would be built from now."""
     values = config.select(spec.config_keys)
-    inputs = {str(p): input_identity(p) for p in spec.inputs}
+    try:
+        inputs = {str(p): input_identity(p) for p in spec.inputs}
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{spec.name}: {err}") from None
     return {"config": values, "config_hash": hash_values(values), "inputs": inputs,
             "identity": hash_values({"stage": spec.name, "config": values, "inputs": inputs})}
 

@@ -64,13 +64,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_config(run_root: Path, dataset: Path, checkpoint: Path, *extra: str) -> Config:
-    """The demo config pointed at a test dataset, test run folder and tiny checkpoint."""
-    return load_config(REPO / "configs" / "demo.toml", [
+DEMO_CONFIG = REPO / "configs" / "demo.toml"
+
+
+def config_overrides(run_root: Path, dataset: Path, checkpoint: Path, *extra: str) -> list[str]:
+    """`--set` values pointing the demo config at a test dataset, run folder and checkpoint."""
+    return [
         f"data.karpathy_json={json.dumps(str(dataset / 'dataset.json'))}",
         f"data.image_root={json.dumps(str(dataset / 'images'))}",
         f"data.run_root={json.dumps(str(run_root))}",
         f"clip.model={json.dumps(TINY_MODEL)}",
         f"clip.pretrained={json.dumps(str(checkpoint))}",
         "clip.batch_size=8", "clip.num_workers=0", "clip.device=\"cpu\"",
-        "store.rows_per_chunk=8", *extra])
+        "store.rows_per_chunk=8", *extra]
+
+
+def make_config(run_root: Path, dataset: Path, checkpoint: Path, *extra: str) -> Config:
+    """The demo config pointed at a test dataset, test run folder and tiny checkpoint."""
+    return load_config(DEMO_CONFIG, config_overrides(run_root, dataset, checkpoint, *extra))
