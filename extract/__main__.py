@@ -7,12 +7,15 @@ from typing import Annotated
 import typer
 
 from extract.clip_features import extract_clip
+from extract.concepts import build_concepts
+from extract.fsgr_encode import encode_fsgr
+from extract.fsgr_fit import fit_fsgr
 from extract.vocab_stage import build_vocab
 from shared.chunked_stage import Shard
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Extract cached features: vocabulary, CLIP patch tokens.")
+                  help="Extract cached features: vocabulary, CLIP patch tokens, FSGR features.")
 
 ShardOption = Annotated[str, typer.Option(
     "--shard", help="Fill only shard i of n (i/n, 0-based); run n processes to fill one store.")]
@@ -43,15 +46,46 @@ def clip(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fals
         raise typer.Exit(FAILED_IMAGES_EXIT)
 
 
+@app.command()
+@one_line_errors
+def concepts(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """Build FSGR's concept codebook (CLIP text embeddings of the concept words)."""
+    _, line = build_concepts(load(config, set_), force=force)
+    typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def fit(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """Train the FSGR modules on the CLIP cache (with an auxiliary caption decoder)."""
+    for line in fit_fsgr(load(config, set_), force=force):
+        typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def encode(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """Run the fitted FSGR modules over every image into features/fsgr.{zarr,h5}."""
+    for line in encode_fsgr(load(config, set_), force=force):
+        typer.echo(line)
+
+
 @app.command("all")
 @one_line_errors
 def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
-    """Every extraction step in order, skipping what is up to date."""
+    """vocab -> clip -> concepts -> fit -> encode, skipping what is up to date.
+
+    `--force` redoes every step.
+    """
     cfg = load(config, set_)
-    _, line = build_vocab(cfg, force=force)
-    typer.echo(line)
+    typer.echo(build_vocab(cfg, force=force)[1])
     result = extract_clip(cfg, force=force)
     for line in result.messages:
+        typer.echo(line)
+    typer.echo(build_concepts(cfg, force=force)[1])
+    for line in fit_fsgr(cfg, force=force):
+        typer.echo(line)
+    for line in encode_fsgr(cfg, force=force):
         typer.echo(line)
 
 

@@ -93,6 +93,8 @@ class FsgrConfig:
     epochs: int = 10
     batch_size: int = 50
     lr: float = 2e-4
+    warmup_steps: int = 1000
+    max_anchors: int = 4096
 
 
 @dataclass

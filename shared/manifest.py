@@ -157,3 +157,11 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def require_current(spec: StageSpec, config: Config, command: str) -> None:
+    """Refuse to read an input that is missing or was built from another config."""
+    decision = decide(spec, config)
+    if not decision.up_to_date:
+        raise RuntimeError(f"{spec.output} is not usable for this config "
+                           f"({decision.reason}): run `{command}` first")

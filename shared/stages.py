@@ -16,11 +16,26 @@ from shared.manifest import StageSpec
 CLIP_KEYS = ["data.karpathy_json", "data.image_root", "clip.model", "clip.pretrained",
              "clip.precision", "store.format", "store.rows_per_chunk", "store.dtype"]
 VOCAB_KEYS = ["data.karpathy_json", "data.min_word_count"]
+CONCEPT_KEYS = ["data.karpathy_json", "clip.model", "clip.pretrained", "fsgr.concept_min_count",
+                "fsgr.concept_list", "fsgr.prompt_template"]
+FIT_KEYS = ["fsgr", "decoder.d_model", "decoder.n_heads", "decoder.n_dec_layers",
+            "decoder.d_ff", "decoder.dropout", "data.max_caption_words", "train.seed"]
+ENCODE_KEYS = ["store.format", "store.rows_per_chunk", "store.dtype"]
 
 
 def clip_store_path(config: Config) -> Path:
     """`runs/<dataset>/features/clip.{zarr|h5}`."""
     return store_path(config.run_dir / "features" / "clip", config.store.format)
+
+
+def fsgr_store_path(config: Config) -> Path:
+    """`runs/<dataset>/features/fsgr.{zarr|h5}`."""
+    return store_path(config.run_dir / "features" / "fsgr", config.store.format)
+
+
+def fsgr_dir(config: Config) -> Path:
+    """`runs/<dataset>/fsgr/`: concept codebook, FSGR checkpoints, fit log."""
+    return config.run_dir / "fsgr"
 
 
 def vocab_path(config: Config) -> Path:
@@ -30,9 +45,7 @@ def vocab_path(config: Config) -> Path:
 
 def clip_stage(config: Config) -> StageSpec:
     """`extract clip`: CLIP patch tokens + pooled embeddings of every image."""
-    inputs = [Path(config.data.karpathy_json)]
-    if is_checkpoint_path(config.clip.pretrained):
-        inputs.append(Path(config.clip.pretrained))
+    inputs = [Path(config.data.karpathy_json), *_checkpoint_inputs(config)]
     return StageSpec("extract.clip", clip_store_path(config), CLIP_KEYS, inputs)
 
 
@@ -42,6 +55,31 @@ def vocab_stage(config: Config) -> StageSpec:
                      [Path(config.data.karpathy_json)])
 
 
+def _checkpoint_inputs(config: Config) -> list[Path]:
+    return [Path(config.clip.pretrained)] if is_checkpoint_path(config.clip.pretrained) else []
+
+
+def concepts_stage(config: Config) -> StageSpec:
+    """`extract concepts`: concept words + CLIP text embeddings (FSGR's frozen codebook)."""
+    inputs = [Path(config.data.karpathy_json), *_checkpoint_inputs(config)]
+    if config.fsgr.concept_list:
+        inputs.append(Path(config.fsgr.concept_list))
+    return StageSpec("extract.concepts", fsgr_dir(config) / "concepts.npz", CONCEPT_KEYS, inputs)
+
+
+def fit_stage(config: Config) -> StageSpec:
+    """`extract fit`: FSGR modules trained on the CLIP cache with an auxiliary decoder."""
+    inputs = [clip_store_path(config), concepts_stage(config).output, vocab_path(config)]
+    return StageSpec("extract.fit", fsgr_dir(config) / "fsgr.pt", FIT_KEYS, inputs)
+
+
+def encode_stage(config: Config) -> StageSpec:
+    """`extract encode`: FSGR features, codebook indices and top-k concepts of every image."""
+    inputs = [clip_store_path(config), fit_stage(config).output]
+    return StageSpec("extract.encode", fsgr_store_path(config), ENCODE_KEYS, inputs)
+
+
 def all_stages(config: Config) -> list[StageSpec]:
     """Every stage that exists so far, upstream first."""
-    return [vocab_stage(config), clip_stage(config)]
+    return [vocab_stage(config), clip_stage(config), concepts_stage(config), fit_stage(config),
+            encode_stage(config)]

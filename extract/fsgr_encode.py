@@ -1,0 +1,90 @@
+"""`extract encode`: run the fitted FSGR modules once over every image of the CLIP cache.
+
+Writes `features/fsgr.{zarr|h5}`: `features` V~ [N, P, d_model] (float16), `codebook_index`
+[N, P] (index into the concept vocabulary), `topk_ids` [N, k], `image_ids`, `valid`. Chunks
+line up with the CLIP cache's; resumable and manifest-checked like `extract clip`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from extract.fsgr_fit import FsgrMeta, load_fsgr
+from shared.chunked_stage import ChunkedOutput
+from shared.config import Config
+from shared.devices import autocast, resolve_device
+from shared.feature_store import ArraySpec, FeatureStore
+from shared.manifest import read_manifest, require_current
+from shared.stages import clip_stage, concepts_stage, encode_stage, fit_stage
+
+
+def check_compatible(meta: FsgrMeta, clip_attrs: dict, concepts_identity: str,
+                     store_name: str) -> None:
+    """Refuse a cache from another CLIP model, grid size or concept vocabulary than the fit."""
+    if clip_attrs["model"] != meta.clip_model:
+        raise RuntimeError(f"{store_name} was written by CLIP '{clip_attrs['model']}' but the "
+                           f"FSGR modules were fitted on '{meta.clip_model}'")
+    if tuple(clip_attrs["grid"]) != tuple(meta.grid):
+        raise RuntimeError(f"{store_name} has a {clip_attrs['grid'][0]}x{clip_attrs['grid'][1]} "
+                           f"patch grid but the FSGR modules were fitted on "
+                           f"{meta.grid[0]}x{meta.grid[1]}")
+    if concepts_identity != meta.concepts_identity:
+        raise RuntimeError("the concept vocabulary (fsgr/concepts.npz) differs from the one the "
+                           "FSGR modules were fitted with: re-run `python -m extract fit`")
+
+
+def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> list[str]:
+    """Fill (or resume, or skip) the FSGR feature store; returns the lines to print."""
+    clip_spec = clip_stage(config)
+    require_current(clip_spec, config, "python -m extract clip")
+    require_current(fit_stage(config), config, "python -m extract fit")
+    spec = encode_stage(config)
+    output = ChunkedOutput(spec, config, force=force)
+    if output.up_to_date:
+        return [f"extract encode: {output.reason}"]
+    device = resolve_device(config.clip.device)
+    encoder, meta = load_fsgr(config, device)
+    concepts = read_manifest(concepts_stage(config).output) or {}
+    with FeatureStore.open(clip_spec.output) as clip_store:
+        check_compatible(meta, clip_store.attrs, concepts.get("identity", ""),
+                         str(clip_spec.output))
+        if clip_store.rows_per_chunk != config.store.rows_per_chunk:
+            raise RuntimeError(f"{clip_spec.output} has {clip_store.rows_per_chunk} rows per "
+                               f"chunk but store.rows_per_chunk is {config.store.rows_per_chunk}")
+        n_rows, k = clip_store.n_rows, min(config.fsgr.top_k, meta.n_concepts)
+        n_patches = meta.grid[0] * meta.grid[1]
+        arrays = [ArraySpec("features", (n_patches, config.fsgr.d_model), config.store.dtype),
+                  ArraySpec("codebook_index", (n_patches,), "int32"),
+                  ArraySpec("topk_ids", (k,), "int32"),
+                  ArraySpec("image_ids", (), "int64"), ArraySpec("valid", (), "uint8")]
+        attrs = {"kind": "fsgr", "clip_model": meta.clip_model, "grid": list(meta.grid),
+                 "n_patches": n_patches, "width": config.fsgr.d_model, "top_k": k,
+                 "n_concepts": meta.n_concepts, "concepts_identity": meta.concepts_identity}
+        action = output.open(arrays, n_rows, attrs)
+        chunks = output.pending_chunks()
+        started = time.perf_counter()
+        for chunk in tqdm(chunks, desc="extract encode", unit="chunk", disable=not progress):
+            start, stop = clip_store.chunk_rows(chunk)
+            tokens = torch.from_numpy(clip_store.read("patch_tokens", start, stop)).to(device)
+            pooled = torch.from_numpy(clip_store.read("image_embed", start, stop)).to(device)
+            valid = clip_store.read("valid", start, stop)
+            with torch.no_grad(), autocast(device, config.clip.precision):
+                out = encoder(tokens, pooled, meta.grid)
+            keep = valid[:, None, None].astype(bool)
+            output.write_chunk(chunk, {
+                "features": np.where(keep, out.features.float().cpu().numpy(), 0).astype(
+                    config.store.dtype),
+                "codebook_index": out.codebook_index.cpu().numpy().astype(np.int32),
+                "topk_ids": out.topk_ids.cpu().numpy().astype(np.int32),
+                "image_ids": clip_store.read("image_ids", start, stop), "valid": valid}, [])
+    seconds = time.perf_counter() - started
+    complete = output.finish({"images": n_rows, "grid": list(meta.grid), "top_k": k})
+    done = sum(min(clip_store.rows_per_chunk, n_rows - c * clip_store.rows_per_chunk)
+               for c in chunks)
+    return [f"extract encode: {action}",
+            f"extract encode: {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} "
+            f"img/s)" + ("" if complete else "; incomplete")]

@@ -1,0 +1,250 @@
+"""`extract fit`: train the FSGR modules on the CLIP cache (CLIP itself stays frozen).
+
+Loss = caption cross-entropy of an auxiliary Transformer decoder (the same `CaptionDecoder`
+the train stage uses, here without memory) + `fsgr.contrastive_weight` x the local
+supervised-contrastive loss over the patch embeddings of the batch. Streams from the cache,
+validates each epoch (val loss and greedy CIDEr-D), keeps `last.pt` / `best.pt` in
+`runs/<dataset>/fsgr/`, resumes from `last.pt`, and finally writes `fsgr.pt` (the best FSGR
+encoder weights + what it was fitted on) with its manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from extract.concepts import ConceptCodebook
+from shared.cache_batches import CacheBatches, caption_samples
+from shared.caption_metrics import cider_d
+from shared.config import Config
+from shared.devices import autocast, resolve_device
+from shared.feature_store import FeatureStore
+from shared.karpathy import load_karpathy, split_records
+from shared.manifest import current_state, decide, require_current, write_manifest
+from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
+from shared.models.fsgr import FsgrEncoder
+from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
+from shared.vocabulary import Vocabulary
+
+CLIP_ARRAYS = ["patch_tokens", "image_embed"]
+
+
+@dataclass(frozen=True)
+class FsgrMeta:
+    """What an FSGR checkpoint was fitted on; `extract encode` checks it against the cache."""
+
+    clip_model: str
+    grid: tuple[int, int]
+    clip_width: int
+    embed_dim: int
+    concepts_identity: str
+    n_concepts: int
+
+
+def build_encoder(config: Config, meta: FsgrMeta, visual_proj: torch.Tensor,
+                  concept_embeddings: torch.Tensor | None) -> FsgrEncoder:
+    """The FSGR encoder sized from config + the cache it reads."""
+    f = config.fsgr
+    return FsgrEncoder(meta.clip_width, meta.embed_dim, f.d_model, f.n_layers, f.n_heads, f.d_ff,
+                       f.dropout, f.top_k, f.gumbel_tau, visual_proj, concept_embeddings)
+
+
+class FsgrCaptioner(nn.Module):
+    """FSGR encoder + auxiliary caption decoder, trained together by `extract fit`."""
+
+    def __init__(self, encoder: FsgrEncoder, decoder: CaptionDecoder, grid: tuple[int, int]):
+        super().__init__()
+        self.encoder, self.decoder, self.grid = encoder, decoder, grid
+
+    def forward(self, patch_tokens: torch.Tensor, image_embed: torch.Tensor,
+                tokens: torch.Tensor):
+        fsgr = self.encoder(patch_tokens, image_embed, self.grid)
+        return self.decoder(fsgr.features, tokens[:, :-1]), fsgr
+
+
+def _lr_factor(step: int, epoch: int, config: Config) -> float:
+    warm = min(1.0, (step + 1) / max(1, config.fsgr.warmup_steps))
+    return warm * config.train.decay_factor ** (epoch // max(1, config.train.decay_every))
+
+
+def _save_atomic(payload: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def validate(model: FsgrCaptioner, batches: CacheBatches, val_batches: CacheBatches,
+             references: dict[int, list[str]], row_to_id: np.ndarray, vocab: Vocabulary,
+             config: Config, device: torch.device) -> dict[str, float]:
+    """Validation cross-entropy over all val captions and greedy CIDEr-D over val images."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches.epoch(0):
+        tokens = batch["tokens"].to(device)
+        logits, _ = model(batch["patch_tokens"].to(device), batch["image_embed"].to(device),
+                          tokens)
+        n = int((tokens[:, 1:] != 0).sum())
+        total += float(caption_loss(logits, tokens[:, 1:])) * n
+        count += n
+    candidates = {}
+    for batch in val_batches.epoch(0):
+        fsgr = model.encoder(batch["patch_tokens"].to(device), batch["image_embed"].to(device),
+                             model.grid)
+        words = model.decoder.greedy(fsgr.features, vocab.bos_id, vocab.eos_id,
+                                     config.eval.max_length)
+        for row, ids in zip(batch["rows"].tolist(), words.tolist()):
+            candidates[int(row_to_id[row])] = vocab.decode(ids)
+    return {"val_loss": total / max(count, 1), "val_cider": cider_d(candidates, references)}
+
+
+def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list[str]:
+    """Fit (or resume, or skip) the FSGR modules; returns the lines to print."""
+    spec = fit_stage(config)
+    require_current(clip_stage(config), config, "python -m extract clip")
+    require_current(concepts_stage(config), config, "python -m extract concepts")
+    require_current(vocab_stage(config), config, "python -m extract vocab")
+    decision = decide(spec, config, force=force)
+    if decision.up_to_date:
+        return [f"extract fit: {decision.reason}"]
+    torch.manual_seed(config.train.seed)
+    device = resolve_device(config.clip.device)
+    state = current_state(spec, config)
+    out_dir = fsgr_dir(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    store_path = clip_stage(config).output
+    with FeatureStore.open(store_path) as store:
+        attrs = store.attrs
+        store_ids, valid = store.read("image_ids"), store.read("valid")
+        visual_proj = torch.from_numpy(store.read("visual_proj"))
+    codebook = ConceptCodebook.load(concepts_stage(config).output)
+    meta = FsgrMeta(attrs["model"], tuple(attrs["grid"]), attrs["width"], attrs["embed_dim"],
+                    state["inputs"][str(concepts_stage(config).output)], len(codebook.words))
+    vocab = Vocabulary.load(vocab_stage(config).output)
+    encoder = build_encoder(config, meta, visual_proj, torch.from_numpy(codebook.embeddings))
+    dims = DecoderDims(d_visual=config.fsgr.d_model, vocab_size=len(vocab),
+                       d_model=config.decoder.d_model, n_heads=config.decoder.n_heads,
+                       n_dec_layers=config.decoder.n_dec_layers, d_ff=config.decoder.d_ff,
+                       dropout=config.decoder.dropout,
+                       max_len=config.data.max_caption_words + 2)
+    model = FsgrCaptioner(encoder, CaptionDecoder(dims), meta.grid).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.fsgr.lr, betas=(0.9, 0.98))
+
+    records = load_karpathy(config.data.karpathy_json, config.data.image_root)
+    max_words = config.data.max_caption_words
+    train = caption_samples(store_ids, valid, split_records(records, "train"), vocab, max_words)
+    val_records = split_records(records, "val")
+    val = caption_samples(store_ids, valid, val_records, vocab, max_words)
+    val_images = caption_samples(store_ids, valid, val_records, vocab, max_words, per_image=1)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError("extract fit needs readable train and val images in the cache")
+    bs = config.fsgr.batch_size
+    train_batches = CacheBatches(store_path, CLIP_ARRAYS, train, bs, seed=config.train.seed,
+                                 shuffle_buffer=config.train.shuffle_buffer)
+    val_batches = CacheBatches(store_path, CLIP_ARRAYS, val, bs, shuffle=False)
+    val_image_batches = CacheBatches(store_path, CLIP_ARRAYS, val_images, bs, shuffle=False)
+    references = {r.image_id: list(r.captions) for r in val_records}
+
+    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    log_path = out_dir / "fit_log.jsonl"
+    start_epoch, step, best_cider = 0, 0, -math.inf
+    lines = []
+    if last.exists() and not force:
+        ckpt = torch.load(last, map_location=device, weights_only=True)
+        if ckpt["identity"] == state["identity"]:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            start_epoch, step, best_cider = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_cider"]
+            lines.append(f"extract fit: resuming after epoch {ckpt['epoch'] + 1}")
+    if start_epoch == 0:
+        log_path.unlink(missing_ok=True)
+    generator = torch.Generator().manual_seed(config.train.seed)
+    weight, temperature = config.fsgr.contrastive_weight, config.fsgr.contrastive_temperature
+
+    for epoch in range(start_epoch, config.fsgr.epochs):
+        model.train()
+        started, sums, n_batches = time.perf_counter(), {"xe": 0.0, "contrastive": 0.0}, 0
+        bar = tqdm(train_batches.epoch(epoch), total=len(train_batches), disable=not progress,
+                   desc=f"extract fit {epoch + 1}/{config.fsgr.epochs}", unit="batch")
+        for batch in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = config.fsgr.lr * _lr_factor(step, epoch, config)
+            tokens = batch["tokens"].to(device)
+            with autocast(device, config.train.precision):
+                logits, fsgr = model(batch["patch_tokens"].to(device),
+                                     batch["image_embed"].to(device), tokens)
+                xe = caption_loss(logits.float(), tokens[:, 1:])
+                con = FsgrEncoder.contrastive_loss(fsgr, temperature, config.fsgr.max_anchors,
+                                                   generator)
+            loss = xe + weight * con
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"extract fit: loss is {float(loss)} at epoch {epoch + 1} "
+                                   f"step {step}; {last} keeps the last good epoch")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+            optimizer.step()
+            step += 1
+            n_batches += 1
+            sums["xe"] += float(xe)
+            sums["contrastive"] += float(con)
+            bar.set_postfix(xe=f"{float(xe):.3f}", con=f"{float(con):.3f}")
+        metrics = validate(model, val_batches, val_image_batches, references, store_ids, vocab,
+                           config, device)
+        record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - started,
+                  "train_xe": sums["xe"] / max(n_batches, 1),
+                  "train_contrastive": sums["contrastive"] / max(n_batches, 1), **metrics}
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        is_best = metrics["val_cider"] > best_cider
+        best_cider = max(best_cider, metrics["val_cider"])
+        ckpt = {"identity": state["identity"], "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "epoch": epoch, "step": step, "best_cider": best_cider}
+        if is_best:
+            _save_atomic({"model": model.state_dict(), "epoch": epoch, **metrics}, best)
+        _save_atomic(ckpt, last)
+        lines.append(f"extract fit: epoch {epoch + 1}: train xe {record['train_xe']:.3f}, "
+                     f"contrastive {record['train_contrastive']:.3f}, val loss "
+                     f"{metrics['val_loss']:.3f}, val CIDEr-D {metrics['val_cider']:.3f}"
+                     + (" (best)" if is_best else ""))
+
+    best_ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    encoder_state = {k[len("encoder."):]: v for k, v in best_ckpt["model"].items()
+                     if k.startswith("encoder.")}
+    _save_atomic({"encoder": encoder_state, "meta": asdict(meta),
+                  "config": config.select(["fsgr"]), "epoch": best_ckpt["epoch"],
+                  "val_loss": best_ckpt["val_loss"], "val_cider": best_ckpt["val_cider"]},
+                 spec.output)
+    write_manifest(spec, config, {"best_epoch": best_ckpt["epoch"] + 1,
+                                  "val_loss": best_ckpt["val_loss"],
+                                  "val_cider": best_ckpt["val_cider"]}, state=state)
+    lines.append(f"extract fit: wrote {spec.output} (best epoch {best_ckpt['epoch'] + 1}, "
+                 f"val CIDEr-D {best_ckpt['val_cider']:.3f})")
+    return lines
+
+
+def load_fsgr(config: Config, device: torch.device) -> tuple[FsgrEncoder, FsgrMeta]:
+    """The fitted FSGR encoder of this run (in eval mode) and what it was fitted on."""
+    path = fit_stage(config).output
+    if not path.exists():
+        raise FileNotFoundError(f"FSGR checkpoint not found: {path} (run `python -m extract fit`)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    raw = ckpt["meta"]
+    meta = FsgrMeta(raw["clip_model"], tuple(raw["grid"]), raw["clip_width"], raw["embed_dim"],
+                    raw["concepts_identity"], raw["n_concepts"])
+    proj = ckpt["encoder"]["quantizer.visual_proj"]
+    encoder = build_encoder(config, meta, proj, None)
+    encoder.load_state_dict(ckpt["encoder"])
+    return encoder.to(device).eval(), meta

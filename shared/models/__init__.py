@@ -1,0 +1,1 @@
+"""Neural network modules (pure model code, no I/O)."""

@@ -1,0 +1,177 @@
+"""Transformer caption decoder on cached visual tokens (memory-free baseline form).
+
+Visual tokens of any width are projected (Linear + LayerNorm) to d_model, optionally refined by
+`n_enc_layers` standard encoder layers, then attended by `n_dec_layers` decoder layers of
+[masked self-attention, cross-attention, FFN] (post-norm, as in M2 / FSGR). The attention
+blocks are small modules, so prototype-memory variants can replace the self-attention slot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class DecoderDims:
+    """Sizes of a caption decoder."""
+
+    d_visual: int
+    vocab_size: int
+    d_model: int = 512
+    n_heads: int = 8
+    n_enc_layers: int = 0
+    n_dec_layers: int = 3
+    d_ff: int = 2048
+    dropout: float = 0.1
+    max_len: int = 64
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over (query, key, value) with optional boolean masks."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.n_heads, self.dropout = n_heads, dropout
+        self.q_proj, self.k_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+        self.v_proj, self.out_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.n_heads, -1).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """`allowed` [B or 1, 1, Lq, Lk] is True where a query may attend a key."""
+        q, k, v = self.split(self.q_proj(query)), self.split(self.k_proj(key)), \
+            self.split(self.v_proj(value))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(d_ff, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention + FFN over visual tokens (post-norm)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.attn(x, x, x, allowed)))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention to visual tokens, FFN (post-norm)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, words: torch.Tensor, visual: torch.Tensor, causal: torch.Tensor,
+                visual_allowed: torch.Tensor | None) -> torch.Tensor:
+        words = self.norm1(words + self.drop(self.self_attn(words, words, words, causal)))
+        words = self.norm2(words + self.drop(self.cross_attn(words, visual, visual,
+                                                             visual_allowed)))
+        return self.norm3(words + self.drop(self.ffn(words)))
+
+
+def sinusoid_table(length: int, dim: int) -> torch.Tensor:
+    """The Transformer's fixed sinusoidal position table [length, dim]."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
+    return table
+
+
+class CaptionDecoder(nn.Module):
+    """Visual tokens + caption prefix -> next-word logits."""
+
+    def __init__(self, dims: DecoderDims, pad_id: int = 0) -> None:
+        super().__init__()
+        self.dims, self.pad_id = dims, pad_id
+        d = dims.d_model
+        self.visual_in = nn.Sequential(nn.Linear(dims.d_visual, d), nn.LayerNorm(d))
+        self.encoder = nn.ModuleList(EncoderLayer(d, dims.n_heads, dims.d_ff, dims.dropout)
+                                     for _ in range(dims.n_enc_layers))
+        self.word_embed = nn.Embedding(dims.vocab_size, d, padding_idx=pad_id)
+        self.register_buffer("positions", sinusoid_table(dims.max_len, d), persistent=False)
+        self.layers = nn.ModuleList(DecoderLayer(d, dims.n_heads, dims.d_ff, dims.dropout)
+                                    for _ in range(dims.n_dec_layers))
+        self.drop = nn.Dropout(dims.dropout)
+        self.head = nn.Linear(d, dims.vocab_size, bias=False)
+
+    def encode(self, visual: torch.Tensor, visual_valid: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Project (and refine) visual tokens; returns them and the cross-attention mask."""
+        allowed = None if visual_valid is None else visual_valid[:, None, None, :]
+        x = self.visual_in(visual.to(self.visual_in[0].weight.dtype))
+        for layer in self.encoder:
+            x = layer(x, allowed)
+        return x, allowed
+
+    def decode(self, tokens: torch.Tensor, visual: torch.Tensor,
+               visual_allowed: torch.Tensor | None) -> torch.Tensor:
+        """Logits [B, L, V] for every prefix of `tokens` [B, L] given encoded visual tokens."""
+        length = tokens.shape[1]
+        if length > self.dims.max_len:
+            raise ValueError(f"caption length {length} exceeds max_len {self.dims.max_len}")
+        causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
+        causal = causal[None, None] & (tokens != self.pad_id)[:, None, None, :]
+        causal = causal | torch.eye(length, dtype=torch.bool, device=tokens.device)
+        words = self.drop(self.word_embed(tokens) + self.positions[:length])
+        for layer in self.layers:
+            words = layer(words, visual, causal, visual_allowed)
+        return self.head(words)
+
+    def forward(self, visual: torch.Tensor, tokens: torch.Tensor,
+                visual_valid: torch.Tensor | None = None) -> torch.Tensor:
+        encoded, allowed = self.encode(visual, visual_valid)
+        return self.decode(tokens, encoded, allowed)
+
+    @torch.no_grad()
+    def greedy(self, visual: torch.Tensor, bos_id: int, eos_id: int, max_len: int = 20
+               ) -> torch.Tensor:
+        """Greedy decoding: word ids [B, <= max_len] (without <bos>), eos-padded."""
+        encoded, allowed = self.encode(visual)
+        batch = visual.shape[0]
+        tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=visual.device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=visual.device)
+        for _ in range(max_len):
+            next_word = self.decode(tokens, encoded, allowed)[:, -1].argmax(-1)
+            next_word = torch.where(finished, torch.full_like(next_word, eos_id), next_word)
+            tokens = torch.cat([tokens, next_word[:, None]], dim=1)
+            finished |= next_word == eos_id
+            if finished.all():
+                break
+        return tokens[:, 1:]
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Cross-entropy over non-padding positions (`targets` are the tokens shifted by one)."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
