@@ -1,0 +1,1 @@
+"""Stage program `python -m evaluate`: not built yet (see the open issues); `make evaluate` says so."""

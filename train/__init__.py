@@ -1,0 +1,1 @@
+"""Stage program `python -m train`: not built yet (see the open issues); `make train` says so."""
