@@ -8,6 +8,7 @@ line up with the CLIP cache's; resumable and manifest-checked like `extract clip
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -35,6 +36,21 @@ def check_compatible(meta: FsgrMeta, clip_attrs: dict, concepts_identity: str,
     if concepts_identity != meta.concepts_identity:
         raise RuntimeError("the concept vocabulary (fsgr/concepts.npz) differs from the one the "
                            "FSGR modules were fitted with: re-run `python -m extract fit`")
+
+
+def _encode_chunk(encoder: torch.nn.Module, data: dict[str, np.ndarray], meta: FsgrMeta,
+                  config: Config, device: torch.device) -> dict[str, np.ndarray]:
+    """FSGR outputs of one chunk of CLIP rows (rows that failed extraction stay zero)."""
+    tokens = torch.from_numpy(data["patch_tokens"]).to(device)
+    pooled = torch.from_numpy(data["image_embed"]).to(device)
+    with torch.no_grad(), autocast(device, config.clip.precision):
+        out = encoder(tokens, pooled, meta.grid)
+    keep = data["valid"][:, None, None].astype(bool)
+    return {"features": np.where(keep, out.features.float().cpu().numpy(), 0).astype(
+                config.store.dtype),
+            "codebook_index": out.codebook_index.cpu().numpy().astype(np.int32),
+            "topk_ids": out.topk_ids.cpu().numpy().astype(np.int32),
+            "image_ids": data["image_ids"], "valid": data["valid"]}
 
 
 def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> list[str]:
@@ -66,21 +82,29 @@ def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> l
                  "n_concepts": meta.n_concepts, "concepts_identity": meta.concepts_identity}
         action = output.open(arrays, n_rows, attrs)
         chunks = output.pending_chunks()
-        started = time.perf_counter()
-        for chunk in tqdm(chunks, desc="extract encode", unit="chunk", disable=not progress):
+
+        def read(chunk: int) -> dict[str, np.ndarray]:
             start, stop = clip_store.chunk_rows(chunk)
-            tokens = torch.from_numpy(clip_store.read("patch_tokens", start, stop)).to(device)
-            pooled = torch.from_numpy(clip_store.read("image_embed", start, stop)).to(device)
-            valid = clip_store.read("valid", start, stop)
-            with torch.no_grad(), autocast(device, config.clip.precision):
-                out = encoder(tokens, pooled, meta.grid)
-            keep = valid[:, None, None].astype(bool)
-            output.write_chunk(chunk, {
-                "features": np.where(keep, out.features.float().cpu().numpy(), 0).astype(
-                    config.store.dtype),
-                "codebook_index": out.codebook_index.cpu().numpy().astype(np.int32),
-                "topk_ids": out.topk_ids.cpu().numpy().astype(np.int32),
-                "image_ids": clip_store.read("image_ids", start, stop), "valid": valid}, [])
+            return {name: clip_store.read(name, start, stop)
+                    for name in ("patch_tokens", "image_embed", "valid", "image_ids")}
+
+        started = time.perf_counter()
+        # the next chunk is read and the previous one written while this one computes
+        with ThreadPoolExecutor(max_workers=1) as reader, \
+                ThreadPoolExecutor(max_workers=1) as writer:
+            upcoming = reader.submit(read, chunks[0]) if chunks else None
+            writing = None
+            for i, chunk in enumerate(tqdm(chunks, desc="extract encode", unit="chunk",
+                                           disable=not progress)):
+                data = upcoming.result()
+                if i + 1 < len(chunks):
+                    upcoming = reader.submit(read, chunks[i + 1])
+                values = _encode_chunk(encoder, data, meta, config, device)
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(output.write_chunk, chunk, values, [])
+            if writing is not None:
+                writing.result()
     seconds = time.perf_counter() - started
     complete = output.finish({"images": n_rows, "grid": list(meta.grid), "top_k": k})
     done = sum(min(clip_store.rows_per_chunk, n_rows - c * clip_store.rows_per_chunk)

@@ -142,15 +142,23 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
 
     records = load_karpathy(config.data.karpathy_json, config.data.image_root)
     max_words = config.data.max_caption_words
-    train = caption_samples(store_ids, valid, split_records(records, "train"), vocab, max_words)
+    train_records = split_records(records, "train")
     val_records = split_records(records, "val")
     val = caption_samples(store_ids, valid, val_records, vocab, max_words)
     val_images = caption_samples(store_ids, valid, val_records, vocab, max_words, per_image=1)
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError("extract fit needs readable train and val images in the cache")
+    if len(val) == 0:
+        raise ValueError("extract fit needs readable val images in the cache")
     bs = config.fsgr.batch_size
-    train_batches = CacheBatches(store_path, CLIP_ARRAYS, train, bs, seed=config.train.seed,
-                                 shuffle_buffer=config.train.shuffle_buffer)
+
+    def train_batches(epoch: int) -> CacheBatches:
+        """This epoch's `fsgr.captions_per_image` random captions of every training image."""
+        pick = np.random.default_rng([config.train.seed, epoch])
+        samples = caption_samples(store_ids, valid, train_records, vocab, max_words,
+                                  config.fsgr.captions_per_image, pick)
+        if len(samples) == 0:
+            raise ValueError("extract fit needs readable train images in the cache")
+        return CacheBatches(store_path, CLIP_ARRAYS, samples, bs, seed=config.train.seed,
+                            shuffle_buffer=config.train.shuffle_buffer)
     val_batches = CacheBatches(store_path, CLIP_ARRAYS, val, bs, shuffle=False)
     val_image_batches = CacheBatches(store_path, CLIP_ARRAYS, val_images, bs, shuffle=False)
     references = {r.image_id: list(r.captions) for r in val_records}
@@ -175,7 +183,8 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     for epoch in range(start_epoch, config.fsgr.epochs):
         model.train()
         started, sums, n_batches = time.perf_counter(), {"xe": 0.0, "contrastive": 0.0}, 0
-        bar = tqdm(train_batches.epoch(epoch), total=len(train_batches), disable=not progress,
+        batches = train_batches(epoch)
+        bar = tqdm(batches.epoch(epoch), total=len(batches), disable=not progress,
                    desc=f"extract fit {epoch + 1}/{config.fsgr.epochs}", unit="batch")
         for batch in bar:
             for group in optimizer.param_groups:
@@ -197,9 +206,10 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
             optimizer.step()
             step += 1
             n_batches += 1
-            sums["xe"] += float(xe)
-            sums["contrastive"] += float(con)
-            bar.set_postfix(xe=f"{float(xe):.3f}", con=f"{float(con):.3f}")
+            sums["xe"] += float(xe.detach())
+            sums["contrastive"] += float(con.detach())
+            bar.set_postfix(xe=f"{sums['xe'] / n_batches:.3f}",
+                            con=f"{sums['contrastive'] / n_batches:.3f}")
         metrics = validate(model, val_batches, val_image_batches, references, store_ids, vocab,
                            config, device)
         record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - started,

@@ -35,16 +35,19 @@ class CaptionSamples:
 
 def caption_samples(store_ids: np.ndarray, store_valid: np.ndarray,
                     records: list[ImageRecord], vocab: Vocabulary, max_words: int,
-                    per_image: int | None = None) -> CaptionSamples:
-    """Samples of `records` (skipping images that failed extraction); `per_image` captions
-    per image at most (None: all)."""
+                    per_image: int | None = None,
+                    pick: np.random.Generator | None = None) -> CaptionSamples:
+    """Samples of `records` (skipping images that failed extraction): every caption, or
+    `per_image` captions per image (the first ones, or random ones drawn with `pick`)."""
     row_of = {int(i): r for r, i in enumerate(store_ids) if store_valid[r]}
     rows, token_lists = [], []
     for record in records:
         row = row_of.get(record.image_id)
         if row is None:
             continue
-        for tokens in record.tokens[:per_image]:
+        chosen = record.tokens[:per_image] if pick is None else [
+            record.tokens[i] for i in pick.permutation(len(record.tokens))[:per_image]]
+        for tokens in chosen:
             rows.append(row)
             token_lists.append(vocab.encode(tokens, max_words=max_words))
     padded = np.zeros((len(token_lists), max_words + 2), np.int64)

@@ -38,6 +38,8 @@ def one_line_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except typer.Exit:  # a deliberate exit status (click's Exit is a RuntimeError)
+            raise
         except StageFailure as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(err.code) from None

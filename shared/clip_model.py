@@ -67,6 +67,12 @@ def register_model_configs() -> None:
         _registered = True
 
 
+def repo_model_config(model_name: str) -> Path | None:
+    """The JSON config of a model defined in this repository (None for open_clip's own)."""
+    path = MODEL_CONFIG_DIR / f"{model_name}.json"
+    return path if path.is_file() else None
+
+
 def is_checkpoint_path(pretrained: str) -> bool:
     """True when `pretrained` names a file rather than an open_clip tag."""
     return bool(pretrained) and (pretrained.endswith(_CHECKPOINT_SUFFIXES) or "/" in pretrained

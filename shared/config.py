@@ -95,6 +95,7 @@ class FsgrConfig:
     lr: float = 2e-4
     warmup_steps: int = 1000
     max_anchors: int = 4096
+    captions_per_image: int = 5
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.clip_model import is_checkpoint_path
+from shared.clip_model import is_checkpoint_path, repo_model_config
 from shared.config import Config
 from shared.feature_store import store_path
 from shared.manifest import StageSpec
@@ -56,7 +56,10 @@ def vocab_stage(config: Config) -> StageSpec:
 
 
 def _checkpoint_inputs(config: Config) -> list[Path]:
-    return [Path(config.clip.pretrained)] if is_checkpoint_path(config.clip.pretrained) else []
+    """The CLIP weights file and the repo's model config JSON, where they are files."""
+    inputs = [Path(config.clip.pretrained)] if is_checkpoint_path(config.clip.pretrained) else []
+    model_json = repo_model_config(config.clip.model)
+    return inputs + ([model_json] if model_json else [])
 
 
 def concepts_stage(config: Config) -> StageSpec:

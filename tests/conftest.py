@@ -82,3 +82,32 @@ def config_overrides(run_root: Path, dataset: Path, checkpoint: Path, *extra: st
 def make_config(run_root: Path, dataset: Path, checkpoint: Path, *extra: str) -> Config:
     """The demo config pointed at a test dataset, test run folder and tiny checkpoint."""
     return load_config(DEMO_CONFIG, config_overrides(run_root, dataset, checkpoint, *extra))
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[str]]:
+    """A small demo dataset, its tiny CLIP briefly trained, and `extract all` run on it."""
+    from extract.clip_features import extract_clip
+    from extract.concepts import build_concepts
+    from extract.fsgr_encode import encode_fsgr
+    from extract.fsgr_fit import fit_fsgr
+    from extract.vocab_stage import build_vocab
+    from shared.datasets.demo_scenes import demo_overrides, prepare_demo_data
+    from shared.datasets.tiny_clip import train_tiny_clip
+
+    root = tmp_path_factory.mktemp("demo_run")
+    sets = [*demo_overrides(root / "demo"), f"data.run_root={json.dumps(str(root / 'runs'))}",
+            f"clip.pretrained={json.dumps(str(root / 'demo' / 'tiny_clip.pt'))}",
+            "demo.n_train=240", "demo.n_val=30", "demo.n_test=30", "demo.clip_epochs=12",
+            "demo.clip_batch_size=16",
+            "clip.num_workers=0", "store.rows_per_chunk=16", "fsgr.epochs=2",
+            "fsgr.concept_min_count=2"]
+    config = load_config(DEMO_CONFIG, sets)
+    prepare_demo_data(config)
+    train_tiny_clip(config, progress=False)
+    build_vocab(config)
+    assert extract_clip(config, progress=False).complete
+    build_concepts(config)
+    fit_fsgr(config, progress=False)
+    encode_fsgr(config, progress=False)
+    return config, sets

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shared.clip_model import ClipBundle, create_clip, is_checkpoint_path, save_clip_weights
+from shared.clip_model import (ClipBundle, create_clip, is_checkpoint_path, repo_model_config,
+                               save_clip_weights)
 from shared.config import Config, ConfigError
 from shared.datasets.demo_scenes import DemoPaths
 from shared.images import load_rgb
@@ -52,8 +53,9 @@ def metrics_path(weights: str | Path) -> Path:
 
 def clip_stage(config: Config) -> StageSpec:
     """The tiny CLIP weights as a stage output; input: the generated demo dataset."""
+    model_json = repo_model_config(config.demo.clip_model)
     return StageSpec("datasets.demo_clip", weights_path(config), CLIP_KEYS,
-                     [Path(config.demo.output_dir)])
+                     [Path(config.demo.output_dir), *([model_json] if model_json else [])])
 
 
 def load_images(records: list[ImageRecord], bundle: ClipBundle, progress: bool = False
