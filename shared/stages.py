@@ -82,7 +82,42 @@ def encode_stage(config: Config) -> StageSpec:
     return StageSpec("extract.encode", fsgr_store_path(config), ENCODE_KEYS, inputs)
 
 
+def prototypes_dir(config: Config) -> Path:
+    """`runs/<dataset>/prototypes/`: feature and memory prototypes (`python -m cluster`)."""
+    return config.run_dir / "prototypes"
+
+
+def memory_banks_path(config: Config) -> Path:
+    """`runs/<dataset>/memory/banks.npz`: key/value banks dumped by the trainer."""
+    return config.run_dir / "memory" / "banks.npz"
+
+
+def visual_stage(config: Config) -> StageSpec:
+    """The cache the decoder reads (`decoder.visual_input`): FSGR features or CLIP tokens."""
+    return encode_stage(config) if config.decoder.visual_input == "fsgr" else clip_stage(config)
+
+
+def visual_array(config: Config) -> str:
+    """The per-row array of `visual_stage`'s store that holds the patch vectors."""
+    return "features" if config.decoder.visual_input == "fsgr" else "patch_tokens"
+
+
+def cluster_features_stage(config: Config) -> StageSpec:
+    """`cluster features`: K-Means prototypes of the visual cache (`memory.cross`)."""
+    keys = ["cluster", "memory.n_cross_prototypes", "decoder.visual_input"]
+    inputs = [visual_stage(config).output, Path(config.data.karpathy_json)]
+    return StageSpec("cluster.features", prototypes_dir(config) / "features.npz", keys, inputs)
+
+
+def cluster_activations_stage(config: Config) -> StageSpec:
+    """`cluster activations`: per-layer M_K / M_V from the trainer's bank dump (`memory.self`)."""
+    keys = ["cluster", "memory.n_prototypes", "memory.knn"]
+    return StageSpec("cluster.activations", prototypes_dir(config) / "memory.npz", keys,
+                     [memory_banks_path(config)])
+
+
 def all_stages(config: Config) -> list[StageSpec]:
     """Every stage that exists so far, upstream first."""
     return [vocab_stage(config), clip_stage(config), concepts_stage(config), fit_stage(config),
-            encode_stage(config)]
+            encode_stage(config), cluster_features_stage(config),
+            cluster_activations_stage(config)]

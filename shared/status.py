@@ -23,7 +23,7 @@ def status(config: ConfigOption, set_: SetOption = None) -> None:
             reason = decision.reason
         except FileNotFoundError as err:
             state, reason = "todo ", f"waiting for an input ({err})"
-        typer.echo(f"{state} {spec.name:<16} {reason}")
+        typer.echo(f"{state} {spec.name:<20} {reason}")
 
 
 if __name__ == "__main__":

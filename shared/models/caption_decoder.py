@@ -1,9 +1,13 @@
-"""Transformer caption decoder on cached visual tokens (memory-free baseline form).
+"""Transformer caption decoder on cached visual tokens, with optional prototype memory.
 
 Visual tokens of any width are projected (Linear + LayerNorm) to d_model, optionally refined by
 `n_enc_layers` standard encoder layers, then attended by `n_dec_layers` decoder layers of
-[masked self-attention, cross-attention, FFN] (post-norm, as in M2 / FSGR). The attention
-blocks are small modules, so prototype-memory variants can replace the self-attention slot.
+[masked self-attention, cross-attention, FFN] (post-norm, as in M2 / FSGR).
+
+Memory (DESIGN.md §2, off by default): `self_memory` puts PMA-Net's `PrototypeMemoryAttention`
+in every self-attention slot (same parameter names as `MultiHeadAttention`); `cross_memory`
+appends feature prototypes to the encoded visual tokens (`CrossMemory`). Prototypes are
+buffers, so they are saved with the weights and used by `greedy` as in training.
 """
 
 from __future__ import annotations
@@ -14,6 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from shared.models.memory_attention import CrossMemory, MultiHeadAttention, \
+    PrototypeMemoryAttention
+
+__all__ = ["CaptionDecoder", "DecoderDims", "DecoderLayer", "EncoderLayer", "FeedForward",
+           "MultiHeadAttention", "caption_loss", "sinusoid_table"]
 
 
 @dataclass(frozen=True)
@@ -29,31 +39,8 @@ class DecoderDims:
     d_ff: int = 2048
     dropout: float = 0.1
     max_len: int = 64
-
-
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention over (query, key, value) with optional boolean masks."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.dropout = n_heads, dropout
-        self.q_proj, self.k_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
-        self.v_proj, self.out_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.n_heads, -1).transpose(1, 2)
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                allowed: torch.Tensor | None = None) -> torch.Tensor:
-        """`allowed` [B or 1, 1, Lq, Lk] is True where a query may attend a key."""
-        q, k, v = self.split(self.q_proj(query)), self.split(self.k_proj(key)), \
-            self.split(self.v_proj(value))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+    self_memory: bool = False
+    cross_memory: bool = False
 
 
 class FeedForward(nn.Module):
@@ -84,17 +71,24 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention to visual tokens, FFN (post-norm)."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float,
+                 self_memory: bool = False) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        attention = PrototypeMemoryAttention if self_memory else MultiHeadAttention
+        self.self_attn = attention(d_model, n_heads, dropout)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout)
         self.ffn = FeedForward(d_model, d_ff, dropout)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, words: torch.Tensor, visual: torch.Tensor, causal: torch.Tensor,
-                visual_allowed: torch.Tensor | None) -> torch.Tensor:
-        words = self.norm1(words + self.drop(self.self_attn(words, words, words, causal)))
+                visual_allowed: torch.Tensor | None, word_valid: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """`word_valid` [B, L] (True = non-padding) is only used by memory recording."""
+        extra = {"key_valid": word_valid} \
+            if isinstance(self.self_attn, PrototypeMemoryAttention) else {}
+        words = self.norm1(words + self.drop(self.self_attn(words, words, words, causal,
+                                                            **extra)))
         words = self.norm2(words + self.drop(self.cross_attn(words, visual, visual,
                                                              visual_allowed)))
         return self.norm3(words + self.drop(self.ffn(words)))
@@ -121,8 +115,10 @@ class CaptionDecoder(nn.Module):
                                      for _ in range(dims.n_enc_layers))
         self.word_embed = nn.Embedding(dims.vocab_size, d, padding_idx=pad_id)
         self.register_buffer("positions", sinusoid_table(dims.max_len, d), persistent=False)
-        self.layers = nn.ModuleList(DecoderLayer(d, dims.n_heads, dims.d_ff, dims.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(d, dims.n_heads, dims.d_ff, dims.dropout,
+                                                 self_memory=dims.self_memory)
                                     for _ in range(dims.n_dec_layers))
+        self.cross_memory = CrossMemory(dims.d_visual, d) if dims.cross_memory else None
         self.drop = nn.Dropout(dims.dropout)
         self.head = nn.Linear(d, dims.vocab_size, bias=False)
 
@@ -133,6 +129,8 @@ class CaptionDecoder(nn.Module):
         x = self.visual_in(visual.to(self.visual_in[0].weight.dtype))
         for layer in self.encoder:
             x = layer(x, allowed)
+        if self.cross_memory is not None:
+            x, allowed = self.cross_memory(x, allowed, self.visual_in)
         return x, allowed
 
     def decode(self, tokens: torch.Tensor, visual: torch.Tensor,
@@ -141,18 +139,58 @@ class CaptionDecoder(nn.Module):
         length = tokens.shape[1]
         if length > self.dims.max_len:
             raise ValueError(f"caption length {length} exceeds max_len {self.dims.max_len}")
+        valid = tokens != self.pad_id
         causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
-        causal = causal[None, None] & (tokens != self.pad_id)[:, None, None, :]
+        causal = causal[None, None] & valid[:, None, None, :]
         causal = causal | torch.eye(length, dtype=torch.bool, device=tokens.device)
         words = self.drop(self.word_embed(tokens) + self.positions[:length])
         for layer in self.layers:
-            words = layer(words, visual, causal, visual_allowed)
+            words = layer(words, visual, causal, visual_allowed, valid)
         return self.head(words)
 
     def forward(self, visual: torch.Tensor, tokens: torch.Tensor,
                 visual_valid: torch.Tensor | None = None) -> torch.Tensor:
         encoded, allowed = self.encode(visual, visual_valid)
         return self.decode(tokens, encoded, allowed)
+
+    # -- prototype memory -------------------------------------------------------------------
+
+    def _memory_layers(self) -> list[PrototypeMemoryAttention]:
+        if not self.dims.self_memory:
+            raise RuntimeError("this decoder has no self-attention memory (self_memory=False)")
+        return [layer.self_attn for layer in self.layers]
+
+    def set_memory_prototypes(self, per_layer: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Install (M_K, M_V) [m, d_model] in every decoder layer (m may differ per layer)."""
+        attns = self._memory_layers()
+        if len(per_layer) != len(attns):
+            raise ValueError(f"{len(per_layer)} prototype sets for {len(attns)} layers")
+        for attn, (keys, values) in zip(attns, per_layer):
+            attn.set_prototypes(keys, values)
+
+    def memory_prototypes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The installed (M_K, M_V) of every decoder layer (the buffers themselves)."""
+        return [(attn.memory_keys, attn.memory_values) for attn in self._memory_layers()]
+
+    def set_cross_prototypes(self, prototypes: torch.Tensor) -> None:
+        """Install feature prototypes [m_c, d_visual] for cross-attention."""
+        if self.cross_memory is None:
+            raise RuntimeError("this decoder has no cross-attention memory (cross_memory=False)")
+        self.cross_memory.set_prototypes(prototypes)
+
+    def record_keys_values(self, flag: bool = True) -> None:
+        """Switch recording of self-attention keys/values (for the memory banks) on or off."""
+        for attn in self._memory_layers():
+            attn.record = flag
+            if not flag:
+                attn.last_keys_values = None
+
+    def recorded_keys_values(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer (K, V [B, L, d_model], non-padding mask [B, L]) of the last forward."""
+        recorded = [attn.last_keys_values for attn in self._memory_layers()]
+        if any(item is None for item in recorded):
+            raise RuntimeError("nothing recorded: call record_keys_values(True) and run forward")
+        return recorded
 
     @torch.no_grad()
     def greedy(self, visual: torch.Tensor, bos_id: int, eos_id: int, max_len: int = 20

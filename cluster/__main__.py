@@ -1,0 +1,55 @@
+"""`python -m cluster {features,activations,all}`: the prototype stage program."""
+
+from __future__ import annotations
+
+import typer
+
+from cluster.activation_prototypes import NoBankDump, cluster_activations
+from cluster.feature_prototypes import cluster_features
+from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="FAISS prototypes: of the visual cache and of the decoder's key/value "
+                       "banks.")
+
+
+@app.command()
+@one_line_errors
+def features(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """K-Means prototypes of the visual feature cache -> prototypes/features.npz."""
+    for line in cluster_features(load(config, set_), force=force):
+        typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def activations(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """Per-layer M_K / M_V from the trainer's bank dump -> prototypes/memory.npz.
+
+    Exit status 2 when training has not dumped banks yet.
+    """
+    try:
+        lines = cluster_activations(load(config, set_), force=force)
+    except NoBankDump as err:
+        raise StageFailure(str(err), 2) from None
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command("all")
+@one_line_errors
+def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """features, then activations when a bank dump exists (else a note, exit status 0)."""
+    cfg = load(config, set_)
+    for line in cluster_features(cfg, force=force):
+        typer.echo(line)
+    try:
+        lines = cluster_activations(cfg, force=force)
+    except NoBankDump as err:
+        lines = [f"cluster activations: skipped: {err}"]
+    for line in lines:
+        typer.echo(line)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,84 @@
+"""`cluster activations`: PMA-Net memory prototypes (M_K, M_V per decoder layer, `memory.self`).
+
+Input, written by the trainer: `runs/<ds>/memory/banks.npz` (`shared.stages.memory_banks_path`,
+written with `shared.prototypes.write_banks`), an npz holding
+
+- `n_layers`: int, the number of decoder layers with a memory bank;
+- `keys_<l>`, `values_<l>` for l in 0..n_layers-1: [n_l, d_model] float16 or float32, the
+  self-attention keys / values of word tokens (all heads, after the key/value projections)
+  collected over the bank window; row i of `values_<l>` belongs to row i of `keys_<l>`;
+
+plus its manifest `banks.npz.manifest.json` (`shared.manifest.write_manifest`), whose identity
+makes these prototypes stale when a new dump is written (without one, the file's hash is used).
+
+Output: `runs/<ds>/prototypes/memory.npz` in the same layout with m = `memory.n_prototypes` rows
+per layer, float32 (`shared.prototypes.read_memory_prototypes`): M_K = K-Means centroids of the
+layer's keys (fitted on at most `cluster.max_points` of them), M_V = mean of the values whose keys
+are the `memory.knn` nearest neighbours of each centroid in the whole bank.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tqdm import tqdm
+
+from shared.config import Config
+from shared.manifest import decide, remove_manifest, write_manifest
+from shared.prototypes import (memory_prototypes, read_banks, use_gpu_for,
+                               write_memory_prototypes)
+from shared.stages import cluster_activations_stage, memory_banks_path
+
+
+class NoBankDump(FileNotFoundError):
+    """Training has not dumped key/value banks yet (not an error for `cluster all`)."""
+
+
+def require_banks(config: Config) -> None:
+    """Raise NoBankDump with the user-facing message when there is no bank dump."""
+    path = memory_banks_path(config)
+    if not path.is_file():
+        raise NoBankDump(f"activation prototypes come after training has dumped key/value "
+                         f"banks ({path}); run `make train` first")
+
+
+def cluster_activations(config: Config, force: bool = False, progress: bool = True) -> list[str]:
+    """Build (or skip) `prototypes/memory.npz` from the bank dump; returns the lines to print."""
+    require_banks(config)
+    spec = cluster_activations_stage(config)
+    decision = decide(spec, config, force=force)
+    if decision.up_to_date:
+        return [f"cluster activations: {decision.reason}"]
+    remove_manifest(spec.output)
+    path, m, knn = memory_banks_path(config), config.memory.n_prototypes, config.memory.knn
+    banks = read_banks(path)
+    if not banks:
+        raise ValueError(f"{path}: n_layers is 0, no banks to cluster")
+    for layer, (keys, _) in enumerate(banks):
+        if len(keys) < m:
+            raise ValueError(f"{path}: layer {layer} has {len(keys)} keys, fewer than "
+                             f"memory.n_prototypes={m}")
+        if len(keys) < knn:
+            raise ValueError(f"{path}: layer {layer} has {len(keys)} keys, fewer than "
+                             f"memory.knn={knn}")
+    started = time.perf_counter()
+    proto_keys, proto_values, stats = [], [], []
+    for keys, values in tqdm(banks, desc="cluster activations", unit="layer",
+                             disable=not progress):
+        mk, mv, layer_stats = memory_prototypes(
+            keys, values, m, knn, config.cluster.n_iter, config.cluster.seed,
+            use_gpu_for(config.cluster.device), max_points=config.cluster.max_points)
+        proto_keys.append(mk)
+        proto_values.append(mv)
+        stats.append(layer_stats)
+    write_memory_prototypes(spec.output, proto_keys, proto_values)
+    seconds = time.perf_counter() - started
+    write_manifest(spec, config, {"layers": [s.__dict__ for s in stats], "k": m, "knn": knn,
+                                  "seconds": round(seconds, 3)})
+    inertia = ", ".join(f"{s.inertia:.4g}" for s in stats)
+    empty = sum(s.empty_clusters for s in stats)
+    sizes = "/".join(str(n) for n in sorted({len(keys) for keys, _ in banks}))
+    return [f"cluster activations: {decision.reason}",
+            f"cluster activations: {len(banks)} layers x {m} prototypes (knn {knn}) from "
+            f"{sizes} keys per layer in {seconds:.1f}s; inertia per layer [{inertia}], "
+            f"{empty} empty clusters -> {spec.output}"]

@@ -1,0 +1,240 @@
+"""FAISS K-Means and k-NN for prototypes, plus the on-disk formats they travel in.
+
+Used by `python -m cluster` (offline prototypes) and by the trainer (prototype refresh, bank
+dumps). Everything is float32 numpy; FAISS runs on the GPU when it has one (`faiss-gpu`) and
+`use_gpu` allows it, else on the CPU.
+
+- `kmeans`: Lloyd iterations from an AFK-MC2 (k-means++-like) initialisation; deterministic for
+  a seed on a given device and thread count. FAISS's own silent sub-sampling is switched off:
+  every point given is used (callers sub-sample with `subsample_rows`).
+- `memory_prototypes`: PMA-Net's prototypes: K-Means on the keys gives M_K; each prototype
+  value is the mean of the values whose keys are the `knn` nearest neighbours of its centroid.
+- Bank dumps (`write_banks` / `read_banks`): `keys_<l>`, `values_<l>` [n, d] float16/32 and an
+  int `n_layers`, one npz; memory prototypes (`write_memory_prototypes` /
+  `read_memory_prototypes`) have the same layout with m rows per layer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+INIT_METHOD = faiss.ClusteringInitMethod_AFK_MC2
+
+
+@dataclass
+class KMeansResult:
+    """Centroids and how good they are (inertia and empty clusters from a final assignment)."""
+
+    centroids: np.ndarray
+    inertia: float
+    empty_clusters: int
+    seconds: float
+    iterations: int = 0
+
+
+@dataclass
+class PrototypeStats:
+    """Summary of one `memory_prototypes` run (JSON-able)."""
+
+    n_points: int
+    n_fit_points: int
+    inertia: float
+    empty_clusters: int
+    mean_knn_distance: float
+    seconds: float
+
+
+def faiss_gpus(use_gpu: bool | None) -> int:
+    """Number of GPUs FAISS should use: all visible for None/True, 0 for False.
+
+    True without a FAISS GPU build or device is an error.
+    """
+    available = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu and available == 0:
+        raise RuntimeError("cluster.device is 'cuda' but FAISS sees no GPU (install faiss-gpu: "
+                           "`make setup FAISS=gpu`)")
+    return 0 if use_gpu is False else available
+
+
+def use_gpu_for(device: str) -> bool | None:
+    """`cluster.device` -> `use_gpu`: auto -> None (GPU if any), cpu -> False, cuda -> True."""
+    return {"auto": None, "cpu": False, "cuda": True}[device]
+
+
+def _as_points(name: str, points: np.ndarray) -> np.ndarray:
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    if points.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, d], got shape {points.shape}")
+    if not np.isfinite(points).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return points
+
+
+def kmeans(points: np.ndarray, k: int, n_iter: int, seed: int, use_gpu: bool | None = None,
+           init_centroids: np.ndarray | None = None) -> KMeansResult:
+    """K-Means of `points` [n, d] into `k` centroids [k, d] float32 (needs n >= k)."""
+    points = _as_points("k-means points", points)
+    n, d = points.shape
+    if k < 1:
+        raise ValueError(f"k-means needs k >= 1, got k={k}")
+    if n < k:
+        raise ValueError(f"k-means needs at least as many points as centroids: "
+                         f"{n} points < k={k}")
+    gpus = faiss_gpus(use_gpu)
+    start = time.perf_counter()
+    km = faiss.Kmeans(d, k, niter=n_iter, seed=seed, init_method=INIT_METHOD,
+                      max_points_per_centroid=max(1, -(-n // k)), min_points_per_centroid=1,
+                      verbose=False, gpu=gpus if gpus else False)
+    if init_centroids is not None:
+        km.train(points, init_centroids=_as_points("init_centroids", init_centroids))
+    else:
+        km.train(points)
+    distances, labels = km.index.search(points, 1)
+    seconds = time.perf_counter() - start
+    counts = np.bincount(labels[:, 0], minlength=k)
+    return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32),
+                        float(distances.astype(np.float64).sum()),
+                        int((counts == 0).sum()), seconds, len(km.obj))
+
+
+def knn_search(index_points: np.ndarray, queries: np.ndarray, k: int,
+               use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact L2 k-NN: squared distances [m, k] float32 and indices [m, k] int64, nearest first."""
+    index_points = _as_points("k-NN index points", index_points)
+    queries = _as_points("k-NN queries", queries)
+    if index_points.shape[1] != queries.shape[1]:
+        raise ValueError(f"k-NN dimension mismatch: index points have d={index_points.shape[1]}"
+                         f", queries d={queries.shape[1]}")
+    if not 1 <= k <= len(index_points):
+        raise ValueError(f"k-NN needs 1 <= k <= number of index points: k={k}, "
+                         f"{len(index_points)} points")
+    index = faiss.IndexFlatL2(index_points.shape[1])
+    gpus = faiss_gpus(use_gpu)
+    if gpus:
+        index = faiss.index_cpu_to_all_gpus(index, ngpu=gpus)
+    index.add(index_points)
+    distances, indices = index.search(queries, k)
+    return distances, indices.astype(np.int64)
+
+
+def subsample_rows(n_total: int, cap: int, seed: int) -> np.ndarray:
+    """Sorted int64 indices of min(cap, n_total) of `range(n_total)`, uniform, no replacement."""
+    if n_total < 0 or cap < 0:
+        raise ValueError(f"subsample_rows needs n_total, cap >= 0 (got {n_total}, {cap})")
+    if cap >= n_total:
+        return np.arange(n_total, dtype=np.int64)
+    chosen = np.random.default_rng(seed).choice(n_total, size=cap, replace=False)
+    return np.sort(chosen.astype(np.int64))
+
+
+def memory_prototypes(keys: np.ndarray, values: np.ndarray, m: int, knn: int, n_iter: int,
+                      seed: int, use_gpu: bool | None = None, max_points: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, PrototypeStats]:
+    """PMA-Net prototypes of a key/value bank: M_K [m, d_k] and M_V [m, d_v] float32.
+
+    M_K are the K-Means centroids of `keys` (fitted on a uniform sub-sample of at most
+    `max_points` keys when given); M_V[i] is the mean of `values` over the `knn` keys of the
+    whole bank nearest to M_K[i].
+    """
+    keys = _as_points("memory keys", keys)
+    values = _as_points("memory values", values)
+    if len(keys) != len(values):
+        raise ValueError(f"memory bank has {len(keys)} keys but {len(values)} values")
+    if knn > len(keys):
+        raise ValueError(f"memory.knn={knn} is larger than the bank ({len(keys)} keys)")
+    start = time.perf_counter()
+    fit = keys if max_points is None else keys[subsample_rows(len(keys), max_points, seed)]
+    result = kmeans(fit, m, n_iter, seed, use_gpu)
+    distances, neighbours = knn_search(keys, result.centroids, knn, use_gpu)
+    proto_values = values[neighbours].mean(axis=1, dtype=np.float64).astype(np.float32)
+    stats = PrototypeStats(len(keys), len(fit), result.inertia, result.empty_clusters,
+                           float(distances.mean()), time.perf_counter() - start)
+    return result.centroids, proto_values, stats
+
+
+# ------------------------------------------------------------------------------ file formats
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an npz via a temporary file + fsync + rename (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_layers(path: Path, keys: Sequence[np.ndarray], values: Sequence[np.ndarray],
+                  dtype: str) -> None:
+    if len(keys) != len(values):
+        raise ValueError(f"{path}: {len(keys)} key layers but {len(values)} value layers")
+    arrays: dict[str, np.ndarray] = {"n_layers": np.int64(len(keys))}
+    for layer, (k, v) in enumerate(zip(keys, values)):
+        arrays[f"keys_{layer}"] = np.asarray(k, dtype=dtype)
+        arrays[f"values_{layer}"] = np.asarray(v, dtype=dtype)
+    save_npz_atomic(path, arrays)
+
+
+def _read_layers(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable npz file ({err})") from None
+    with data:
+        if "n_layers" not in data.files:
+            raise ValueError(f"{path}: missing array 'n_layers'")
+        layers = []
+        for layer in range(int(data["n_layers"])):
+            pair = []
+            for name in (f"keys_{layer}", f"values_{layer}"):
+                if name not in data.files:
+                    raise ValueError(f"{path}: missing array '{name}' "
+                                     f"(n_layers is {int(data['n_layers'])})")
+                array = data[name]
+                if array.ndim != 2:
+                    raise ValueError(f"{path}: '{name}' must be 2-D [n, d], got {array.shape}")
+                pair.append(array)
+            if len(pair[0]) != len(pair[1]):
+                raise ValueError(f"{path}: layer {layer} has {len(pair[0])} keys but "
+                                 f"{len(pair[1])} values")
+            layers.append((pair[0], pair[1]))
+    return layers
+
+
+def write_banks(path: Path, keys: Sequence[np.ndarray], values: Sequence[np.ndarray],
+                dtype: str = "float16") -> None:
+    """Dump per-layer key/value banks (`keys_<l>`, `values_<l>` [n, d], `n_layers`)."""
+    _write_layers(path, keys, values, dtype)
+
+
+def read_banks(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-layer (keys [n, d], values [n, d]) of a bank dump, in the stored dtype."""
+    return _read_layers(path)
+
+
+def write_memory_prototypes(path: Path, keys: Sequence[np.ndarray],
+                            values: Sequence[np.ndarray]) -> None:
+    """Save per-layer prototypes (`keys_<l>` = M_K, `values_<l>` = M_V [m, d] float32)."""
+    _write_layers(path, keys, values, "float32")
+
+
+def read_memory_prototypes(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-layer (M_K [m, d], M_V [m, d]) float32 from `prototypes/memory.npz`."""
+    return [(k.astype(np.float32), v.astype(np.float32)) for k, v in _read_layers(path)]
+
+
+def read_feature_prototypes(path: Path) -> np.ndarray:
+    """Centroids [m, d_visual] float32 from `prototypes/features.npz`."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["centroids"].astype(np.float32)
