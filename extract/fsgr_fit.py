@@ -29,7 +29,8 @@ from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import FeatureStore
 from shared.karpathy import load_karpathy, split_records
-from shared.manifest import current_state, decide, require_current, write_manifest
+from shared.manifest import (current_state, decide, remove_manifest, require_current,
+                             write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder
 from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
@@ -118,6 +119,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
         return [f"extract fit: {decision.reason}"]
     torch.manual_seed(config.train.seed)
     device = resolve_device(config.clip.device)
+    remove_manifest(spec.output)  # from here on the old output is no longer complete
     state = current_state(spec, config)
     out_dir = fsgr_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -61,15 +61,17 @@ class CacheBatches:
 
     def __init__(self, store_path: Path, arrays: list[str], samples: CaptionSamples,
                  batch_size: int, shuffle: bool = True, seed: int = 0,
-                 shuffle_buffer: int = 2048, prefetch: int = 4) -> None:
+                 shuffle_buffer: int = 2048, prefetch: int = 4,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.store_path, self.arrays, self.samples = Path(store_path), arrays, samples
+        self.rank, self.world = shard
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.shuffle_buffer, self.prefetch = max(shuffle_buffer, batch_size), prefetch
         with FeatureStore.open(self.store_path) as store:
             self.rows_per_chunk = store.rows_per_chunk
 
     def __len__(self) -> int:
-        return -(-len(self.samples) // self.batch_size)
+        return self.n_batches(0)
 
     def _chunk_plan(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
         chunk_of = self.samples.rows // self.rows_per_chunk
@@ -79,7 +81,12 @@ class CacheBatches:
         plan = list(zip(chunks.tolist(), groups))
         if self.shuffle:
             plan = [plan[i] for i in rng.permutation(len(plan))]
-        return plan
+        return plan[self.rank::self.world]
+
+    def n_batches(self, epoch: int) -> int:
+        """Batches this shard yields in `epoch` (shards may differ by a chunk)."""
+        plan = self._chunk_plan(np.random.default_rng([self.seed, epoch]))
+        return -(-sum(len(ids) for _, ids in plan) // self.batch_size)
 
     def _generate(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, epoch])

@@ -116,8 +116,30 @@ def cluster_activations_stage(config: Config) -> StageSpec:
                      [memory_banks_path(config)])
 
 
+TRAIN_KEYS = ["decoder", "memory", "train", "cluster.n_iter", "cluster.seed",
+              "data.max_caption_words", "eval.max_length"]
+
+
+def train_dir(config: Config) -> Path:
+    """`runs/<dataset>/train/`: checkpoints, log and curves of the decoder."""
+    return config.run_dir / "train"
+
+
+def train_stage(config: Config) -> StageSpec:
+    """`train`: the caption decoder (XE) on the visual cache; output: the best checkpoint."""
+    inputs = [visual_stage(config).output, vocab_path(config)]
+    if config.memory.cross:
+        inputs.append(cluster_features_stage(config).output)
+    return StageSpec("train", train_dir(config) / "best.pt", TRAIN_KEYS, inputs)
+
+
+def memory_banks_stage(config: Config) -> StageSpec:
+    """The key/value banks `train` dumps at its end (input of `cluster activations`)."""
+    return StageSpec("train.banks", memory_banks_path(config), ["memory"], [])
+
+
 def all_stages(config: Config) -> list[StageSpec]:
     """Every stage that exists so far, upstream first."""
     return [vocab_stage(config), clip_stage(config), concepts_stage(config), fit_stage(config),
-            encode_stage(config), cluster_features_stage(config),
+            encode_stage(config), cluster_features_stage(config), train_stage(config),
             cluster_activations_stage(config)]

@@ -1,1 +1,1 @@
-"""Stage program `python -m train`: not built yet (see the open issues); `make train` says so."""
+"""Stage program `python -m train`: the caption decoder (XE) trained from the feature cache."""

@@ -220,6 +220,17 @@ class MemoryBank:
     def clear(self) -> None:
         self._items.clear()
 
+    def state(self) -> dict:
+        """Everything needed to continue exactly after a restart (for checkpoints)."""
+        return {"keys": [k for k, _ in self._items], "values": [v for _, v in self._items],
+                "generator": self.generator.get_state()}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what `state()` returned."""
+        self._items.clear()
+        self._items.extend(zip(state["keys"], state["values"]))
+        self.generator.set_state(state["generator"])
+
     @property
     def iterations(self) -> int:
         return len(self._items)

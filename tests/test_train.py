@@ -1,0 +1,117 @@
+"""`python -m train` on the small demo run: learning, exact resume, NaN stop, DDP, widths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train.trainer as trainer
+from shared.config import load_config
+from shared.models.caption_decoder import caption_loss
+from shared.prototypes import read_banks
+from shared.stages import memory_banks_path, train_dir
+from tests.conftest import DEMO_CONFIG, REPO
+
+TRAIN_SETS = ["train.max_epochs=2", "train.batch_size=25", "train.warmup_steps=10",
+              "memory.warmup_iterations=20", "memory.refresh_stride=15",
+              "memory.bank_iterations=20", "memory.bank_cap=2000", "memory.n_prototypes=16",
+              "memory.knn=4"]
+
+
+def log_of(config) -> list[dict]:
+    return [json.loads(line) for line in
+            (train_dir(config) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_run):
+    _, sets = demo_run
+    config = load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS])
+    lines = trainer.train(config, force=True, progress=False)
+    return config, sets, lines, log_of(config)
+
+
+def test_loss_falls_and_memory_is_built(trained) -> None:
+    config, _, lines, log = trained
+    assert len(log) == 2 and "best val CIDEr-D" in lines[-1]
+    first_step_loss = 4.0  # ln(vocab) is ~4.3: the untrained start
+    assert log[0]["train_loss"] < first_step_loss and log[1]["train_loss"] < 0.8 * log[0]["train_loss"]
+    assert log[1]["val_cider"] > 0.1
+    assert sum(r["prototype_refreshes"] for r in log) >= 2
+    state = torch.load(train_dir(config) / "best.pt", weights_only=True)["model"]
+    assert state["layers.0.self_attn.memory_keys"].shape == (16, config.decoder.d_model)
+    banks = read_banks(memory_banks_path(config))
+    assert len(banks) == config.decoder.n_dec_layers and 0 < len(banks[0][0]) <= 2000
+    assert (train_dir(config) / "curves.png").stat().st_size > 1000
+    assert trainer.train(config, progress=False)[0].startswith("train: up to date")
+
+
+def test_resume_continues_exactly(trained, monkeypatch) -> None:
+    config, _, _, uninterrupted = trained
+
+    def interrupt(*_):
+        raise KeyboardInterrupt("simulated interruption after epoch 1")
+
+    monkeypatch.setattr(trainer, "plot_curves", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config, force=True, progress=False)
+    monkeypatch.undo()
+    lines = trainer.train(config, progress=False)
+    assert lines[0] == "train: resuming after epoch 1 (step 48)"
+    resumed = log_of(config)
+    for key in ("train_loss", "val_loss", "val_cider", "prototype_refreshes", "step"):
+        assert resumed[1][key] == uninterrupted[1][key], key
+
+
+def test_non_finite_loss_stops_and_keeps_last_good(trained, monkeypatch) -> None:
+    config, sets, _, _ = trained
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(logits, targets, pad_id=0):
+        calls["n"] += 1
+        loss = caption_loss(logits, targets, pad_id)
+        return loss * float("nan") if calls["n"] > 60 else loss  # epoch 1: 48 + 6 val
+
+    monkeypatch.setattr(trainer, "caption_loss", nan_in_epoch_two)
+    with pytest.raises(trainer.NonFiniteLoss, match=r"loss is nan at epoch 2.*keeps the last"):
+        trainer.train(config, force=True, progress=False)
+    last = torch.load(train_dir(config) / "last.pt", weights_only=True)
+    assert last["epoch"] == 0
+    monkeypatch.undo()
+    trainer.train(config, force=True, progress=False)  # leave a complete run for other tests
+
+
+@pytest.mark.parametrize("width", [512, 1024])
+def test_any_cache_width_trains(trained, width: int) -> None:
+    config = trained[0]
+    torch.manual_seed(0)
+    decoder = trainer.build_decoder(config, width, 30)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-3)
+    visual = torch.randn(8, 16, width)
+    tokens = torch.randint(1, 30, (8, 10))
+    losses = []
+    for _ in range(15):
+        loss = caption_loss(decoder(visual, tokens[:, :-1]), tokens[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_ddp_two_cpu_processes(trained) -> None:
+    config, sets, _, _ = trained
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", "29517", "-m", "train", "--config", str(DEMO_CONFIG), "--force"]
+    for value in [*sets, *TRAIN_SETS, "train.max_epochs=1"]:
+        args += ["--set", value]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = log_of(load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS, "train.max_epochs=1"]))
+    assert len(log) == 1 and 20 <= log[0]["step"] <= 24  # each rank streams ~half of 48
+    assert "best val CIDEr-D" in proc.stdout

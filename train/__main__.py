@@ -1,0 +1,26 @@
+"""`python -m train --config PATH [--set k=v ...] [--force]`: train the caption decoder.
+
+A run resumes from `runs/<dataset>/train/last.pt` when it was started with the same config;
+`--force` starts over. Multi-GPU: `torchrun --nproc_per_node N -m train --config PATH`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
+from train.trainer import train
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+@one_line_errors
+def main(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+    """Cross-entropy training of the (PMA) decoder on the feature cache."""
+    for line in train(load(config, set_), force=force):
+        typer.echo(line)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,299 @@
+"""Cross-entropy training of the (PMA) caption decoder, streaming from the feature cache.
+
+One sample per (image, caption); batches stream from the Zarr/HDF5 cache (chunk-level shuffle,
+shuffle buffer, background prefetch). Adam(0.9, 0.98) with linear warm-up and step decay,
+gradient clipping, AMP (bf16 on CUDA). Each epoch: validation loss and greedy CIDEr-D on val,
+`last.pt` (everything needed to continue exactly: model incl. prototypes, optimizer, RNG,
+memory banks, step, patience) and `best.pt`, written atomically; early stopping on val CIDEr-D.
+Metrics go to `log.jsonl` and `curves.png`. Multi-GPU / multi-process with `torchrun`
+(DistributedDataParallel, each rank streams its own share of the chunks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from shared.cache_batches import CacheBatches, caption_samples
+from shared.caption_metrics import cider_d
+from shared.config import Config
+from shared.devices import autocast, resolve_device
+from shared.feature_store import FeatureStore
+from shared.karpathy import load_karpathy, split_records
+from shared.manifest import (current_state, decide, remove_manifest, require_current,
+                             write_manifest)
+from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
+from shared.prototypes import read_feature_prototypes, write_banks
+from shared.stages import (cluster_features_stage, memory_banks_path, memory_banks_stage,
+                           train_dir, train_stage, visual_array, visual_stage, vocab_stage)
+from shared.vocabulary import Vocabulary
+from train.curves import plot_curves
+from train.self_memory import SelfMemory
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class Ranks:
+    """This process's place in a (possibly single-process) distributed run."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Ranks:
+    """Join the `torchrun` process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def build_decoder(config: Config, d_visual: int, vocab_size: int) -> CaptionDecoder:
+    """The decoder of `[decoder]` + `[memory]`, reading visual tokens of width `d_visual`."""
+    d = config.decoder
+    return CaptionDecoder(DecoderDims(
+        d_visual=d_visual, vocab_size=vocab_size, d_model=d.d_model, n_heads=d.n_heads,
+        n_enc_layers=d.n_enc_layers, n_dec_layers=d.n_dec_layers, d_ff=d.d_ff,
+        dropout=d.dropout, max_len=config.data.max_caption_words + 2,
+        self_memory=config.memory.self, cross_memory=config.memory.cross))
+
+
+def lr_factor(step: int, epoch: int, config: Config) -> float:
+    """Linear warm-up over `train.warmup_steps`, then x`decay_factor` every `decay_every`."""
+    warm = min(1.0, (step + 1) / max(1, config.train.warmup_steps))
+    return warm * config.train.decay_factor ** (epoch // max(1, config.train.decay_every))
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def validate(decoder: CaptionDecoder, val: CacheBatches, val_images: CacheBatches,
+             array: str, references: dict[int, list[str]], row_to_id: np.ndarray,
+             vocab: Vocabulary, config: Config, device: torch.device) -> dict[str, float]:
+    """Validation cross-entropy (all val captions) and greedy CIDEr-D (one per val image)."""
+    decoder.eval()
+    total, count = 0.0, 0
+    for batch in val.epoch(0):
+        tokens = batch["tokens"].to(device)
+        with autocast(device, config.train.precision):
+            logits = decoder(batch[array].to(device), tokens[:, :-1])
+        n = int((tokens[:, 1:] != 0).sum())
+        total += float(caption_loss(logits.float(), tokens[:, 1:])) * n
+        count += n
+    candidates = {}
+    for batch in val_images.epoch(0):
+        with autocast(device, config.train.precision):
+            words = decoder.greedy(batch[array].to(device), vocab.bos_id, vocab.eos_id,
+                                   config.eval.max_length)
+        for row, ids in zip(batch["rows"].tolist(), words.tolist()):
+            candidates[int(row_to_id[row])] = vocab.decode(ids)
+    decoder.train()
+    return {"val_loss": total / max(count, 1), "val_cider": cider_d(candidates, references)}
+
+
+def train(config: Config, force: bool = False, progress: bool = True) -> list[str]:
+    """Train (or resume, or skip) the decoder of `config`; returns the lines to print."""
+    device = resolve_device(config.clip.device)
+    ranks = init_distributed(device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    spec = train_stage(config)
+    stage_name = "python -m extract" if config.decoder.visual_input == "fsgr" else \
+        "python -m extract clip"
+    require_current(visual_stage(config), config, stage_name)
+    require_current(vocab_stage(config), config, "python -m extract vocab")
+    if config.memory.cross:
+        require_current(cluster_features_stage(config), config, "python -m cluster features")
+    decision = decide(spec, config, force=force)
+    if decision.up_to_date:
+        return [f"train: {decision.reason}"]
+    remove_manifest(spec.output)  # from here on the old output is no longer complete
+    state = current_state(spec, config)
+    out_dir = train_dir(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.train.seed)
+
+    store_path, array = visual_stage(config).output, visual_array(config)
+    with FeatureStore.open(store_path) as store:
+        store_ids, valid = store.read("image_ids"), store.read("valid")
+        d_visual = int(store.array(array).shape[-1])
+    vocab = Vocabulary.load(vocab_stage(config).output)
+    decoder = build_decoder(config, d_visual, len(vocab)).to(device)
+    if config.memory.cross:
+        prototypes = read_feature_prototypes(cluster_features_stage(config).output)
+        decoder.set_cross_prototypes(torch.from_numpy(prototypes).to(device))
+    memory = SelfMemory(decoder, config) if config.memory.self else None
+    model: nn.Module = decoder
+    if ranks.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            decoder, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # prototypes are synced explicitly at each refresh
+            find_unused_parameters=config.memory.self)  # segment vectors idle until then
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=config.train.lr, betas=(0.9, 0.98))
+
+    records = load_karpathy(config.data.karpathy_json, config.data.image_root)
+    max_words = config.data.max_caption_words
+    train_samples = caption_samples(store_ids, valid, split_records(records, "train"), vocab,
+                                    max_words)
+    val_records = split_records(records, "val")
+    val_samples = caption_samples(store_ids, valid, val_records, vocab, max_words)
+    val_images = caption_samples(store_ids, valid, val_records, vocab, max_words, per_image=1)
+    if len(train_samples) == 0 or len(val_samples) == 0:
+        raise ValueError("train needs readable train and val images in the cache")
+    bs = config.train.batch_size
+    batches = CacheBatches(store_path, [array], train_samples, bs, seed=config.train.seed,
+                           shuffle_buffer=config.train.shuffle_buffer,
+                           shard=(ranks.rank, ranks.world))
+    val_batches = CacheBatches(store_path, [array], val_samples, bs, shuffle=False)
+    val_image_batches = CacheBatches(store_path, [array], val_images, bs, shuffle=False)
+    references = {r.image_id: list(r.captions) for r in val_records}
+
+    last, best, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
+    start_epoch, step, best_cider, stale_epochs = 0, 0, -math.inf, 0
+    lines: list[str] = []
+    if last.exists() and not force:
+        ckpt = torch.load(last, map_location=device, weights_only=True)
+        if ckpt["identity"] == state["identity"]:
+            decoder.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            if memory is not None:
+                memory.load_state(ckpt["memory"])
+            start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+            best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
+            lines.append(f"train: resuming after epoch {start_epoch} (step {step})")
+    if start_epoch == 0 and ranks.main:
+        log_path.unlink(missing_ok=True)
+
+    stopped = "max_epochs"
+    for epoch in range(start_epoch, config.train.max_epochs):
+        if stale_epochs >= config.train.patience:
+            stopped = "early stop"
+            break
+        model.train()
+        n_steps = batches.n_batches(epoch)
+        if ranks.world > 1:  # every rank must take the same number of steps
+            count = torch.tensor(n_steps)
+            dist.all_reduce(count, op=dist.ReduceOp.MIN)
+            n_steps = int(count)
+        started, loss_sum, refreshes = time.perf_counter(), 0.0, 0
+        bar = tqdm(total=n_steps, disable=not (progress and ranks.main), unit="batch",
+                   desc=f"train {epoch + 1}/{config.train.max_epochs}")
+        for i, batch in enumerate(batches.epoch(epoch)):
+            if i == n_steps:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = config.train.lr * lr_factor(step, epoch, config)
+            tokens = batch["tokens"].to(device)
+            with autocast(device, config.train.precision):
+                logits = model(batch[array].to(device), tokens[:, :-1])
+            loss = caption_loss(logits.float(), tokens[:, 1:])
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"train: loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                    f"stopped, {last} keeps the last good epoch (try a lower train.lr)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(decoder.parameters(), config.train.grad_clip)
+            optimizer.step()
+            step += 1
+            loss_sum += float(loss.detach())
+            if memory is not None:
+                memory.collect()
+                if memory.due(step):
+                    _refresh(memory, decoder, ranks)
+                    refreshes += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / (i + 1):.3f}")
+        bar.close()
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
+                                  "train_loss": loss_sum / max(n_steps, 1),
+                                  "lr": optimizer.param_groups[0]["lr"],
+                                  "prototype_refreshes": refreshes,
+                                  "seconds": time.perf_counter() - started}
+        if ranks.main:
+            record.update(validate(decoder, val_batches, val_image_batches, array, references,
+                                   store_ids, vocab, config, device))
+            improved = record["val_cider"] > best_cider
+            best_cider = max(best_cider, record["val_cider"])
+            stale_epochs = 0 if improved else stale_epochs + 1
+            if improved:
+                save_atomic({"model": decoder.state_dict(), "epoch": epoch,
+                             "meta": {"d_visual": d_visual, "vocab_size": len(vocab),
+                                      "visual_input": config.decoder.visual_input},
+                             "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
+                            best)
+            save_atomic({"identity": state["identity"], "model": decoder.state_dict(),
+                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                         "memory": memory.state() if memory is not None else {},
+                         "epoch": epoch, "step": step, "best_cider": best_cider,
+                         "stale_epochs": stale_epochs}, last)
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            plot_curves(log_path, out_dir / "curves.png")
+            lines.append(f"train: epoch {epoch + 1}: loss {record['train_loss']:.3f}, val loss "
+                         f"{record['val_loss']:.3f}, val CIDEr-D {record['val_cider']:.3f}"
+                         + (" (best)" if improved else ""))
+        if ranks.world > 1:
+            flags = torch.tensor([best_cider, float(stale_epochs)])
+            dist.broadcast(flags, 0)
+            best_cider, stale_epochs = float(flags[0]), int(flags[1])
+
+    if ranks.main:
+        if memory is not None:
+            keys, values = memory.dump()
+            write_banks(memory_banks_path(config), keys, values)
+            write_manifest(memory_banks_stage(config), config, {"rows": [len(k) for k in keys]})
+        best_ckpt = torch.load(best, map_location="cpu", weights_only=True)
+        write_manifest(spec, config, {"best_epoch": best_ckpt["epoch"] + 1,
+                                      "val_cider": best_ckpt["val_cider"],
+                                      "val_loss": best_ckpt["val_loss"], "stopped": stopped,
+                                      "steps": step}, state=state)
+        lines.append(f"train: {stopped} after {step} steps; best val CIDEr-D "
+                     f"{best_ckpt['val_cider']:.3f} (epoch {best_ckpt['epoch'] + 1}) in {best}")
+    return lines
+
+
+def _refresh(memory: SelfMemory, decoder: CaptionDecoder, ranks: Ranks) -> None:
+    """Rebuild prototypes on rank 0 and give every rank the same ones."""
+    if ranks.main:
+        memory.refresh()
+    if ranks.world > 1:
+        per_layer = decoder.memory_prototypes()
+        shape = torch.tensor([per_layer[0][0].shape[0] if ranks.main else 0])
+        dist.broadcast(shape, 0)
+        width = decoder.dims.d_model
+        synced = []
+        for keys, values in per_layer:
+            if not ranks.main:
+                keys = torch.zeros(int(shape), width, device=keys.device)
+                values = torch.zeros(int(shape), width, device=values.device)
+            dist.broadcast(keys, 0)
+            dist.broadcast(values, 0)
+            synced.append((keys, values))
+        decoder.set_memory_prototypes(synced)
