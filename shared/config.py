@@ -124,6 +124,7 @@ class MemoryConfig:
     refresh_stride: int = 500
     warmup_iterations: int = 1000
     n_cross_prototypes: int = 1024
+    init_from_cluster: bool = False
 
 
 @dataclass

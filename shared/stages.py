@@ -130,6 +130,8 @@ def train_stage(config: Config) -> StageSpec:
     inputs = [visual_stage(config).output, vocab_path(config)]
     if config.memory.cross:
         inputs.append(cluster_features_stage(config).output)
+    if config.memory.self and config.memory.init_from_cluster:
+        inputs.append(cluster_activations_stage(config).output)
     return StageSpec("train", train_dir(config) / "best.pt", TRAIN_KEYS, inputs)
 
 

@@ -34,8 +34,9 @@ from shared.karpathy import load_karpathy, split_records
 from shared.manifest import (current_state, decide, remove_manifest, require_current,
                              write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
-from shared.prototypes import read_feature_prototypes, write_banks
-from shared.stages import (cluster_features_stage, memory_banks_path, memory_banks_stage,
+from shared.prototypes import read_feature_prototypes, read_memory_prototypes, write_banks
+from shared.stages import (cluster_activations_stage, cluster_features_stage,
+                           memory_banks_path, memory_banks_stage,
                            train_dir, train_stage, visual_array, visual_stage, vocab_stage)
 from shared.vocabulary import Vocabulary
 from train.curves import plot_curves
@@ -129,6 +130,9 @@ def train(config: Config, force: bool = False, progress: bool = True) -> list[st
     require_current(vocab_stage(config), config, "python -m extract vocab")
     if config.memory.cross:
         require_current(cluster_features_stage(config), config, "python -m cluster features")
+    if config.memory.self and config.memory.init_from_cluster:
+        require_current(cluster_activations_stage(config), config,
+                        "python -m cluster activations")
     decision = decide(spec, config, force=force)
     if decision.up_to_date:
         return [f"train: {decision.reason}"]
@@ -148,6 +152,10 @@ def train(config: Config, force: bool = False, progress: bool = True) -> list[st
         prototypes = read_feature_prototypes(cluster_features_stage(config).output)
         decoder.set_cross_prototypes(torch.from_numpy(prototypes).to(device))
     memory = SelfMemory(decoder, config) if config.memory.self else None
+    if memory is not None and config.memory.init_from_cluster:
+        decoder.set_memory_prototypes([
+            (torch.from_numpy(k).float().to(device), torch.from_numpy(v).float().to(device))
+            for k, v in read_memory_prototypes(cluster_activations_stage(config).output)])
     model: nn.Module = decoder
     if ranks.world > 1:
         model = nn.parallel.DistributedDataParallel(
