@@ -95,9 +95,13 @@ class CacheBatches:
             for chunk, sample_ids in self._chunk_plan(rng):
                 start, stop = store.chunk_rows(chunk)
                 data = {name: store.read(name, start, stop) for name in self.arrays}
+                rows: dict[int, dict[str, np.ndarray]] = {}
                 for s in sample_ids.tolist():
                     local = int(self.samples.rows[s]) - start
-                    buffer.append((s, {n: v[local] for n, v in data.items()}))
+                    if local not in rows:  # a copy per image, so the chunk can be freed
+                        rows[local] = {n: v[local].copy() for n, v in data.items()}
+                    buffer.append((s, rows[local]))
+                del data, rows
                 while len(buffer) >= self.shuffle_buffer:
                     yield self._take(buffer, rng)
         while buffer:

@@ -52,7 +52,7 @@ def test_loss_falls_and_memory_is_built(trained) -> None:
 
 
 def test_resume_continues_exactly(trained, monkeypatch) -> None:
-    config, _, _, uninterrupted = trained
+    config, sets, _, uninterrupted = trained
 
     def interrupt(*_):
         raise KeyboardInterrupt("simulated interruption after epoch 1")
@@ -66,6 +66,10 @@ def test_resume_continues_exactly(trained, monkeypatch) -> None:
     resumed = log_of(config)
     for key in ("train_loss", "val_loss", "val_cider", "prototype_refreshes", "step"):
         assert resumed[1][key] == uninterrupted[1][key], key
+    other = load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS, "train.lr=1e-3"])
+    with pytest.raises(RuntimeError, match=r"--resume: .*last\.pt is missing or was written "
+                                           r"with another config \(config changed \(train\.lr"):
+        trainer.train(other, progress=False, resume=True)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good(trained, monkeypatch) -> None:

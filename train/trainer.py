@@ -116,8 +116,13 @@ def validate(decoder: CaptionDecoder, val: CacheBatches, val_images: CacheBatche
     return {"val_loss": total / max(count, 1), "val_cider": cider_d(candidates, references)}
 
 
-def train(config: Config, force: bool = False, progress: bool = True) -> list[str]:
-    """Train (or resume, or skip) the decoder of `config`; returns the lines to print."""
+def train(config: Config, force: bool = False, progress: bool = True,
+          resume: bool = False) -> list[str]:
+    """Train (or resume, or skip) the decoder of `config`; returns the lines to print.
+
+    `resume` insists on continuing `last.pt` (an error if it is missing or from another
+    config); otherwise a matching `last.pt` is continued and anything else starts over.
+    """
     device = resolve_device(config.clip.device)
     ranks = init_distributed(device)
     if device.type == "cuda" and ranks.world > 1:
@@ -195,6 +200,9 @@ def train(config: Config, force: bool = False, progress: bool = True) -> list[st
             start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
             best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
             lines.append(f"train: resuming after epoch {start_epoch} (step {step})")
+    if resume and start_epoch == 0:
+        raise RuntimeError(f"--resume: {last} is missing or was written with another config "
+                           f"({decision.reason})")
     if start_epoch == 0 and ranks.main:
         log_path.unlink(missing_ok=True)
 
