@@ -71,7 +71,8 @@ class ChunkedOutput:
             existing = _identity_of(path)
             if existing is not None and (self._force and self.shard.index == 0
                                          or existing != self.state["identity"]):
-                what = "--force" if self._force else self.reason
+                what = ("--force" if self._force else
+                        f"it was started for another config or input; {self.reason}")
                 remove_store(path)
                 remove_manifest(path)
                 failures_path(path).unlink(missing_ok=True)

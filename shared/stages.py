@@ -19,8 +19,10 @@ VOCAB_KEYS = ["data.karpathy_json", "data.min_word_count"]
 CONCEPT_KEYS = ["data.karpathy_json", "clip.model", "clip.pretrained", "fsgr.concept_min_count",
                 "fsgr.concept_list", "fsgr.prompt_template"]
 FIT_KEYS = ["fsgr", "decoder.d_model", "decoder.n_heads", "decoder.n_dec_layers",
-            "decoder.d_ff", "decoder.dropout", "data.max_caption_words", "train.seed"]
-ENCODE_KEYS = ["store.format", "store.rows_per_chunk", "store.dtype"]
+            "decoder.d_ff", "decoder.dropout", "data.max_caption_words", "train.seed",
+            "train.decay_every", "train.decay_factor", "train.grad_clip", "train.shuffle_buffer",
+            "train.precision", "eval.max_length"]
+ENCODE_KEYS = ["store.format", "store.rows_per_chunk", "store.dtype", "clip.precision"]
 
 
 def clip_store_path(config: Config) -> Path:
