@@ -14,8 +14,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +31,7 @@ from shared.manifest import (current_state, decide, remove_manifest, require_cur
                              write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder
+from shared.training_schedule import lr_factor, save_atomic
 from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
 from shared.vocabulary import Vocabulary
 
@@ -70,17 +69,6 @@ class FsgrCaptioner(nn.Module):
                 tokens: torch.Tensor):
         fsgr = self.encoder(patch_tokens, image_embed, self.grid)
         return self.decoder(fsgr.features, tokens[:, :-1]), fsgr
-
-
-def _lr_factor(step: int, epoch: int, config: Config) -> float:
-    warm = min(1.0, (step + 1) / max(1, config.fsgr.warmup_steps))
-    return warm * config.train.decay_factor ** (epoch // max(1, config.train.decay_every))
-
-
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
 
 
 @torch.no_grad()
@@ -190,7 +178,9 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
                    desc=f"extract fit {epoch + 1}/{config.fsgr.epochs}", unit="batch")
         for batch in bar:
             for group in optimizer.param_groups:
-                group["lr"] = config.fsgr.lr * _lr_factor(step, epoch, config)
+                group["lr"] = config.fsgr.lr * lr_factor(
+                    step, epoch, config.fsgr.warmup_steps, config.train.decay_every,
+                    config.train.decay_factor)
             tokens = batch["tokens"].to(device)
             with autocast(device, config.train.precision):
                 logits, fsgr = model(batch["patch_tokens"].to(device),
@@ -225,8 +215,8 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
                 "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "epoch": epoch, "step": step, "best_cider": best_cider}
         if is_best:
-            _save_atomic({"model": model.state_dict(), "epoch": epoch, **metrics}, best)
-        _save_atomic(ckpt, last)
+            save_atomic({"model": model.state_dict(), "epoch": epoch, **metrics}, best)
+        save_atomic(ckpt, last)
         lines.append(f"extract fit: epoch {epoch + 1}: train xe {record['train_xe']:.3f}, "
                      f"contrastive {record['train_contrastive']:.3f}, val loss "
                      f"{metrics['val_loss']:.3f}, val CIDEr-D {metrics['val_cider']:.3f}"
@@ -235,7 +225,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     best_ckpt = torch.load(best, map_location="cpu", weights_only=True)
     encoder_state = {k[len("encoder."):]: v for k, v in best_ckpt["model"].items()
                      if k.startswith("encoder.")}
-    _save_atomic({"encoder": encoder_state, "meta": asdict(meta),
+    save_atomic({"encoder": encoder_state, "meta": asdict(meta),
                   "config": config.select(["fsgr"]), "epoch": best_ckpt["epoch"],
                   "val_loss": best_ckpt["val_loss"], "val_cider": best_ckpt["val_cider"]},
                  spec.output)

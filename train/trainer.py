@@ -16,7 +16,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from shared.prototypes import read_feature_prototypes, read_memory_prototypes, w
 from shared.stages import (cluster_activations_stage, cluster_features_stage,
                            memory_banks_path, memory_banks_stage,
                            train_dir, train_stage, visual_array, visual_stage, vocab_stage)
+from shared.training_schedule import lr_factor, save_atomic
 from shared.vocabulary import Vocabulary
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
@@ -77,18 +77,6 @@ def build_decoder(config: Config, d_visual: int, vocab_size: int) -> CaptionDeco
         n_enc_layers=d.n_enc_layers, n_dec_layers=d.n_dec_layers, d_ff=d.d_ff,
         dropout=d.dropout, max_len=config.data.max_caption_words + 2,
         self_memory=config.memory.self, cross_memory=config.memory.cross))
-
-
-def lr_factor(step: int, epoch: int, config: Config) -> float:
-    """Linear warm-up over `train.warmup_steps`, then x`decay_factor` every `decay_every`."""
-    warm = min(1.0, (step + 1) / max(1, config.train.warmup_steps))
-    return warm * config.train.decay_factor ** (epoch // max(1, config.train.decay_every))
-
-
-def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
 
 
 @torch.no_grad()
@@ -224,7 +212,9 @@ def train(config: Config, force: bool = False, progress: bool = True,
             if i == n_steps:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = config.train.lr * lr_factor(step, epoch, config)
+                group["lr"] = config.train.lr * lr_factor(
+                    step, epoch, config.train.warmup_steps, config.train.decay_every,
+                    config.train.decay_factor)
             tokens = batch["tokens"].to(device)
             with autocast(device, config.train.precision):
                 logits = model(batch[array].to(device), tokens[:, :-1])
