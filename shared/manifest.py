@@ -9,6 +9,7 @@ gets a new identity, so everything downstream of it becomes stale automatically.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,13 +62,21 @@ def read_manifest(output: Path) -> dict[str, Any] | None:
 
 
 def file_fingerprint(path: Path) -> str:
-    """Content hash of a file (size + mtime for files over 256 MiB)."""
-    path = Path(path)
-    stat = path.stat()
-    if stat.st_size > _FULL_HASH_LIMIT:
-        return f"size{stat.st_size}-mtime{stat.st_mtime_ns}"
+    """Content hash of a file (size + mtime for files over 256 MiB).
+
+    Memoised on (path, size, mtime), so the several manifest checks of one run hash a large
+    input (e.g. COCO's 140 MB Karpathy json) once, and a rewritten file is hashed again.
+    """
+    stat = Path(path).stat()
+    return _fingerprint(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(path: str, size: int, mtime_ns: int) -> str:
+    if size > _FULL_HASH_LIMIT:
+        return f"size{size}-mtime{mtime_ns}"
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
