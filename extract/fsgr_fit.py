@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from extract.concepts import ConceptCodebook
 from shared.cache_batches import CacheBatches, caption_samples
-from shared.caption_metrics import cider_d
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import FeatureStore
@@ -32,6 +31,7 @@ from shared.manifest import (current_state, decide, remove_manifest, require_cur
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder
 from shared.training_schedule import lr_factor, save_atomic
+from shared.validation import validation_scores
 from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
 from shared.vocabulary import Vocabulary
 
@@ -69,31 +69,6 @@ class FsgrCaptioner(nn.Module):
                 tokens: torch.Tensor):
         fsgr = self.encoder(patch_tokens, image_embed, self.grid)
         return self.decoder(fsgr.features, tokens[:, :-1]), fsgr
-
-
-@torch.no_grad()
-def validate(model: FsgrCaptioner, batches: CacheBatches, val_batches: CacheBatches,
-             references: dict[int, list[str]], row_to_id: np.ndarray, vocab: Vocabulary,
-             config: Config, device: torch.device) -> dict[str, float]:
-    """Validation cross-entropy over all val captions and greedy CIDEr-D over val images."""
-    model.eval()
-    total, count = 0.0, 0
-    for batch in batches.epoch(0):
-        tokens = batch["tokens"].to(device)
-        logits, _ = model(batch["patch_tokens"].to(device), batch["image_embed"].to(device),
-                          tokens)
-        n = int((tokens[:, 1:] != 0).sum())
-        total += float(caption_loss(logits, tokens[:, 1:])) * n
-        count += n
-    candidates = {}
-    for batch in val_batches.epoch(0):
-        fsgr = model.encoder(batch["patch_tokens"].to(device), batch["image_embed"].to(device),
-                             model.grid)
-        words = model.decoder.greedy(fsgr.features, vocab.bos_id, vocab.eos_id,
-                                     config.eval.max_length)
-        for row, ids in zip(batch["rows"].tolist(), words.tolist()):
-            candidates[int(row_to_id[row])] = vocab.decode(ids)
-    return {"val_loss": total / max(count, 1), "val_cider": cider_d(candidates, references)}
 
 
 def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list[str]:
@@ -202,8 +177,19 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
             sums["contrastive"] += float(con.detach())
             bar.set_postfix(xe=f"{sums['xe'] / n_batches:.3f}",
                             con=f"{sums['contrastive'] / n_batches:.3f}")
-        metrics = validate(model, val_batches, val_image_batches, references, store_ids, vocab,
-                           config, device)
+        model.eval()
+
+        def words_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            fsgr = model.encoder(batch["patch_tokens"].to(device),
+                                 batch["image_embed"].to(device), model.grid)
+            return model.decoder.greedy(fsgr.features, vocab.bos_id, vocab.eos_id,
+                                        config.eval.max_length)
+
+        metrics = validation_scores(
+            val_batches, val_image_batches,
+            lambda batch, tokens: model(batch["patch_tokens"].to(device),
+                                        batch["image_embed"].to(device), tokens)[0],
+            words_of, references, store_ids, vocab, device)
         record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - started,
                   "train_xe": sums["xe"] / max(n_batches, 1),
                   "train_contrastive": sums["contrastive"] / max(n_batches, 1), **metrics}

@@ -78,7 +78,7 @@ def test_non_finite_loss_stops_and_keeps_last_good(trained, monkeypatch) -> None
     def nan_in_epoch_two(logits, targets, pad_id=0):
         calls["n"] += 1
         loss = caption_loss(logits, targets, pad_id)
-        return loss * float("nan") if calls["n"] > 60 else loss  # epoch 1: 48 + 6 val
+        return loss * float("nan") if calls["n"] > 60 else loss  # epoch 1 has 48 steps
 
     monkeypatch.setattr(trainer, "caption_loss", nan_in_epoch_two)
     with pytest.raises(trainer.NonFiniteLoss, match=r"loss is nan at epoch 2.*keeps the last"):

@@ -18,14 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
 from shared.cache_batches import CacheBatches, caption_samples
-from shared.caption_metrics import cider_d
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import FeatureStore
@@ -38,6 +36,7 @@ from shared.stages import (cluster_activations_stage, cluster_features_stage,
                            memory_banks_path, memory_banks_stage,
                            train_dir, train_stage, visual_array, visual_stage, vocab_stage)
 from shared.training_schedule import lr_factor, save_atomic
+from shared.validation import validation_scores
 from shared.vocabulary import Vocabulary
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
@@ -77,31 +76,6 @@ def build_decoder(config: Config, d_visual: int, vocab_size: int) -> CaptionDeco
         n_enc_layers=d.n_enc_layers, n_dec_layers=d.n_dec_layers, d_ff=d.d_ff,
         dropout=d.dropout, max_len=config.data.max_caption_words + 2,
         self_memory=config.memory.self, cross_memory=config.memory.cross))
-
-
-@torch.no_grad()
-def validate(decoder: CaptionDecoder, val: CacheBatches, val_images: CacheBatches,
-             array: str, references: dict[int, list[str]], row_to_id: np.ndarray,
-             vocab: Vocabulary, config: Config, device: torch.device) -> dict[str, float]:
-    """Validation cross-entropy (all val captions) and greedy CIDEr-D (one per val image)."""
-    decoder.eval()
-    total, count = 0.0, 0
-    for batch in val.epoch(0):
-        tokens = batch["tokens"].to(device)
-        with autocast(device, config.train.precision):
-            logits = decoder(batch[array].to(device), tokens[:, :-1])
-        n = int((tokens[:, 1:] != 0).sum())
-        total += float(caption_loss(logits.float(), tokens[:, 1:])) * n
-        count += n
-    candidates = {}
-    for batch in val_images.epoch(0):
-        with autocast(device, config.train.precision):
-            words = decoder.greedy(batch[array].to(device), vocab.bos_id, vocab.eos_id,
-                                   config.eval.max_length)
-        for row, ids in zip(batch["rows"].tolist(), words.tolist()):
-            candidates[int(row_to_id[row])] = vocab.decode(ids)
-    decoder.train()
-    return {"val_loss": total / max(count, 1), "val_cider": cider_d(candidates, references)}
 
 
 def train(config: Config, force: bool = False, progress: bool = True,
@@ -243,8 +217,19 @@ def train(config: Config, force: bool = False, progress: bool = True,
                                   "prototype_refreshes": refreshes,
                                   "seconds": time.perf_counter() - started}
         if ranks.main:
-            record.update(validate(decoder, val_batches, val_image_batches, array, references,
-                                   store_ids, vocab, config, device))
+            decoder.eval()
+
+            def logits_of(batch: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+                with autocast(device, config.train.precision):
+                    return decoder(batch[array].to(device), tokens[:, :-1])
+
+            def words_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                with autocast(device, config.train.precision):
+                    return decoder.greedy(batch[array].to(device), vocab.bos_id, vocab.eos_id,
+                                          config.eval.max_length)
+
+            record.update(validation_scores(val_batches, val_image_batches, logits_of, words_of,
+                                            references, store_ids, vocab, device))
             improved = record["val_cider"] > best_cider
             best_cider = max(best_cider, record["val_cider"])
             stale_epochs = 0 if improved else stale_epochs + 1
