@@ -36,22 +36,15 @@ data: setup
 extract: setup
 	$(PY) -m extract all --config $(CONFIG) $(ARGS)
 
-# Stages that are not built yet fail loudly instead of doing nothing.
-define require_stage
-	@test -f $(1)/__main__.py || { echo "error: stage '$(1)' is not implemented yet (see the open issues)"; exit 2; }
-endef
-
 cluster: setup
-	$(call require_stage,cluster)
 	$(PY) -m cluster all --config $(CONFIG) $(ARGS)
 
 train: setup
-	$(call require_stage,train)
 	$(PY) -m train --config $(CONFIG) $(ARGS)
 
 eval: setup
-	$(call require_stage,evaluate)
 	$(PY) -m evaluate score --config $(CONFIG) $(ARGS)
+	$(PY) -m evaluate report --config $(CONFIG) $(ARGS)
 
 all: data extract cluster train eval
 
@@ -63,6 +56,7 @@ status: setup
 
 bench: setup
 	$(PY) bench/extract.py
+	$(PY) bench/beam.py
 
 gpu-check: setup
 	$(PY) bench/gpu_check.py

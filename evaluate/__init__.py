@@ -1,1 +1,1 @@
-"""Stage program `python -m evaluate`: not built yet (see the open issues); `make evaluate` says so."""
+"""`python -m evaluate`: decode, score (captioning metrics, CHAIR, CLIPScore), report, compare."""

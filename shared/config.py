@@ -160,10 +160,15 @@ class ScstConfig:
     """Self-critical sequence training after cross-entropy."""
 
     enabled: bool = True
-    lr: float = 1e-5
+    init_checkpoint: str = ""        # start from this XE checkpoint instead of train/best.pt
+    candidates: str = "sample"       # "sample": n multinomial samples; "beam": top-n beams (M2)
     n_samples: int = 5
-    baseline: str = "mean"
+    baseline: str = "mean"           # "mean" of the other candidates, or the "greedy" caption
+    lr: float = 1e-5
+    decay_every: int = 0             # epochs between lr decays (0: constant lr)
+    decay_factor: float = 0.8
     max_epochs: int = 20
+    patience: int = 5
     batch_size: int = 50
 
 
@@ -338,6 +343,7 @@ _CHOICES = {
     "decoder.visual_input": ("fsgr", "clip"),
     "cluster.device": ("auto", "cpu", "cuda"),
     "scst.baseline": ("mean", "greedy"),
+    "scst.candidates": ("sample", "beam"),
     "eval.split": ("train", "val", "test"),
 }
 

@@ -141,6 +141,22 @@ class FeatureStore:
         """Rows `[start, stop)` of a per-row array (or a whole array) as numpy."""
         return np.asarray(self.array(name)[start:stop])
 
+    def read_rows(self, name: str, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Values of a per-row array at `rows` (any order, repeats allowed), read chunk by
+        chunk so that only the chunks holding those rows are decoded."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = None
+        for chunk in np.unique(rows // self.rows_per_chunk).tolist():
+            start, stop = self.chunk_rows(chunk)
+            values = self.read(name, start, stop)
+            if out is None:
+                out = np.empty((len(rows), *values.shape[1:]), values.dtype)
+            picked = (rows >= start) & (rows < stop)
+            out[picked] = values[rows[picked] - start]
+        if out is None:
+            out = np.empty((0, *self.array(name).shape[1:]), self.array(name).dtype)
+        return out
+
     def write_rows(self, start: int, values: dict[str, np.ndarray]) -> None:
         """Write rows starting at `start` for each named array and flush them to disk."""
         for name, value in values.items():

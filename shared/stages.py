@@ -137,13 +137,61 @@ def train_stage(config: Config) -> StageSpec:
     return StageSpec("train", train_dir(config) / "best.pt", TRAIN_KEYS, inputs)
 
 
+SCST_KEYS = ["scst", "memory", "cluster.n_iter", "cluster.seed", "train.seed",
+             "train.grad_clip", "train.precision", "train.shuffle_buffer",
+             "data.max_caption_words", "eval.max_length"]
+
+
+def scst_stage(config: Config) -> StageSpec:
+    """`train` after cross-entropy: self-critical training from the XE best checkpoint (or
+    `scst.init_checkpoint`); output: `train/scst/best.pt`."""
+    start = Path(config.scst.init_checkpoint) if config.scst.init_checkpoint else \
+        train_stage(config).output
+    inputs = [start, visual_stage(config).output, vocab_path(config),
+              Path(config.data.karpathy_json)]
+    return StageSpec("train.scst", train_dir(config) / "scst" / "best.pt", SCST_KEYS, inputs)
+
+
+def decoder_stage(config: Config) -> StageSpec:
+    """The checkpoint evaluation uses: SCST's when `scst.enabled`, else cross-entropy's."""
+    return scst_stage(config) if config.scst.enabled else train_stage(config)
+
+
 def memory_banks_stage(config: Config) -> StageSpec:
     """The key/value banks `train` dumps at its end (input of `cluster activations`)."""
     return StageSpec("train.banks", memory_banks_path(config), ["memory"], [])
+
+
+CAPTIONS_KEYS = ["eval.split", "eval.beam_size", "eval.max_length", "data.max_caption_words"]
+SCORE_KEYS = ["eval.spice", "eval.clipscore", "data.captions_json", "data.instances_json"]
+
+
+def eval_dir(config: Config, split: str | None = None) -> Path:
+    """`runs/<dataset>/eval/<split>/`: captions, metrics, per-image results, report."""
+    return config.run_dir / "eval" / (split or config.eval.split)
+
+
+def captions_stage(config: Config) -> StageSpec:
+    """`evaluate score`, first half: beam-search captions of `eval.split` (COCO results json)."""
+    inputs = [decoder_stage(config).output, visual_stage(config).output, vocab_path(config),
+              Path(config.data.karpathy_json)]
+    return StageSpec("evaluate.captions", eval_dir(config) / "captions.json", CAPTIONS_KEYS,
+                     inputs)
+
+
+def eval_stage(config: Config) -> StageSpec:
+    """`evaluate score`, second half: metrics of the captions (pycocoevalcap, CHAIR, CLIP-S)."""
+    inputs = [captions_stage(config).output, *(Path(p) for p in config.data.captions_json),
+              *(Path(p) for p in config.data.instances_json)]
+    if config.eval.clipscore:
+        inputs.append(clip_stage(config).output)
+    return StageSpec("evaluate.score", eval_dir(config) / "metrics.json", SCORE_KEYS, inputs)
 
 
 def all_stages(config: Config) -> list[StageSpec]:
     """Every stage that exists so far, upstream first."""
     return [vocab_stage(config), clip_stage(config), concepts_stage(config), fit_stage(config),
             encode_stage(config), cluster_features_stage(config), train_stage(config),
-            cluster_activations_stage(config)]
+            *([scst_stage(config)] if config.scst.enabled else []),
+            cluster_activations_stage(config), captions_stage(config),
+            eval_stage(config)]

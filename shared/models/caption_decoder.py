@@ -22,7 +22,8 @@ from torch.nn import functional as F
 from shared.models.memory_attention import CrossMemory, MultiHeadAttention, \
     PrototypeMemoryAttention
 
-__all__ = ["CaptionDecoder", "DecoderDims", "DecoderLayer", "EncoderLayer", "FeedForward",
+__all__ = ["CaptionDecoder", "DecodeState", "DecoderDims", "DecoderLayer", "EncoderLayer",
+           "FeedForward", "LayerCache",
            "MultiHeadAttention", "caption_loss", "sinusoid_table"]
 
 
@@ -93,6 +94,56 @@ class DecoderLayer(nn.Module):
                                                              visual_allowed)))
         return self.norm3(words + self.drop(self.ffn(words)))
 
+    def start(self, visual: torch.Tensor, visual_allowed: torch.Tensor | None,
+              group: int) -> LayerCache:
+        """Cache of this layer for incremental decoding of `group` rows per image: the visual
+        keys/values projected once per image."""
+        empty = visual.new_zeros(visual.shape[0] * group, 0, visual.shape[-1])
+        attn = self.cross_attn
+        return LayerCache(empty, empty, attn.k_proj(visual), attn.v_proj(visual), visual_allowed,
+                          group)
+
+    def step(self, word: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """One new position [N, 1, d] given the cache of the previous ones (eval only)."""
+        attn = self.self_attn
+        cache.self_k = torch.cat([cache.self_k, attn.k_proj(word)], dim=1)
+        cache.self_v = torch.cat([cache.self_v, attn.v_proj(word)], dim=1)
+        word = self.norm1(word + attn.attend_step(attn.q_proj(word), cache.self_k, cache.self_v))
+        cross, rows = self.cross_attn, word.shape[0]
+        # the rows of one image are its queries: [images, group, d] against its visual keys
+        query = cross.q_proj(word).view(rows // cache.group, cache.group, -1)
+        seen = cross.attend(query, cache.cross_k, cache.cross_v, cache.cross_allowed)
+        word = self.norm2(word + seen.view(rows, 1, -1))
+        return self.norm3(word + self.ffn(word))
+
+
+@dataclass
+class LayerCache:
+    """Incremental-decoding state of one decoder layer (rows = images x beams)."""
+
+    self_k: torch.Tensor                  # [N, t, d] projected keys of the words so far
+    self_v: torch.Tensor
+    cross_k: torch.Tensor                 # [B, Lv, d] projected visual keys, one per image
+    cross_v: torch.Tensor
+    cross_allowed: torch.Tensor | None    # [B or 1, 1, 1, Lv]
+    group: int = 1                        # rows per image: N = B * group
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Reorder rows (beams); each row must stay within its image's group of rows."""
+        self.self_k, self.self_v = self.self_k[rows], self.self_v[rows]
+
+
+@dataclass
+class DecodeState:
+    """Incremental-decoding state of the whole decoder."""
+
+    layers: list[LayerCache]
+    length: int = 0
+
+    def select(self, rows: torch.Tensor) -> None:
+        for cache in self.layers:
+            cache.select(rows)
+
 
 def sinusoid_table(length: int, dim: int) -> torch.Tensor:
     """The Transformer's fixed sinusoidal position table [length, dim]."""
@@ -153,6 +204,25 @@ class CaptionDecoder(nn.Module):
         encoded, allowed = self.encode(visual, visual_valid)
         return self.decode(tokens, encoded, allowed)
 
+    # -- incremental decoding (eval) ---------------------------------------------------------
+
+    def start_decoding(self, visual: torch.Tensor, visual_allowed: torch.Tensor | None,
+                       repeat: int = 1) -> DecodeState:
+        """State for `step` from encoded visual tokens, with `repeat` rows per image (beams /
+        samples; rows i*repeat .. (i+1)*repeat-1 belong to image i)."""
+        return DecodeState([layer.start(visual, visual_allowed, repeat) for layer in self.layers])
+
+    def step(self, words: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Next-word logits [N, V] after feeding `words` [N] at position `state.length`:
+        the same numbers as `decode(prefix)[:, -1]` without recomputing the prefix."""
+        if state.length >= self.dims.max_len:
+            raise ValueError(f"caption length exceeds max_len {self.dims.max_len}")
+        x = self.word_embed(words)[:, None] + self.positions[state.length]
+        for layer, cache in zip(self.layers, state.layers):
+            x = layer.step(x, cache)
+        state.length += 1
+        return self.head(x[:, 0])
+
     # -- prototype memory -------------------------------------------------------------------
 
     def _memory_layers(self) -> list[PrototypeMemoryAttention]:
@@ -196,12 +266,14 @@ class CaptionDecoder(nn.Module):
     def greedy(self, visual: torch.Tensor, bos_id: int, eos_id: int, max_len: int = 20
                ) -> torch.Tensor:
         """Greedy decoding: word ids [B, <= max_len] (without <bos>), eos-padded."""
-        encoded, allowed = self.encode(visual)
+        state = self.start_decoding(*self.encode(visual))
         batch = visual.shape[0]
         tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=visual.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=visual.device)
         for _ in range(max_len):
-            next_word = self.decode(tokens, encoded, allowed)[:, -1].argmax(-1)
+            logits = self.step(tokens[:, -1], state)
+            logits[:, [self.pad_id, bos_id]] = -torch.inf  # never generated
+            next_word = logits.argmax(-1)
             next_word = torch.where(finished, torch.full_like(next_word, eos_id), next_word)
             tokens = torch.cat([tokens, next_word[:, None]], dim=1)
             finished |= next_word == eos_id

@@ -50,6 +50,10 @@ class MultiHeadAttention(nn.Module):
         """`allowed` [B or 1, 1, Lq, Lk] is True where a query may attend a key."""
         return self.attend(self.q_proj(query), self.k_proj(key), self.v_proj(value), allowed)
 
+    def attend_step(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Incremental decoding: projected q [N, 1, d] over every cached key/value [N, t, d]."""
+        return self.attend(q, k, v, None)
+
 
 class _ResizableBuffers:
     """Mixin: buffers named in ``resizable`` take the incoming shape on ``load_state_dict``."""
@@ -128,6 +132,25 @@ class PrototypeMemoryAttention(_ResizableBuffers, MultiHeadAttention):
             v = torch.cat([v, mem_v], dim=1)
             allowed = _memory_columns(allowed, self.memory_size)
         return self.attend(q, k, v, allowed)
+
+    def attend_step(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Incremental decoding over cached keys/values and the prototypes, without copying
+        the prototypes once per row: token and memory scores share one softmax."""
+        if not self.memory_size:
+            return self.attend(q, k, v, None)
+        qh, kh, vh = self.split(q), self.split(k + self.seg_input.to(k.dtype)), self.split(v)
+        rows, heads, width = qh.shape[0], qh.shape[1], qh.shape[-1]
+        mem_k = (self.memory_keys + self.seg_memory).to(q.dtype)
+        mem_k = mem_k.view(-1, heads, width).permute(1, 2, 0)  # [h, dh, m]
+        mem_v = self.memory_values.to(q.dtype).view(-1, heads, width).transpose(0, 1)  # [h, m, dh]
+        q_by_head = qh[:, :, 0].transpose(0, 1)  # [h, N, dh]: one bmm per head, no copies
+        scores = torch.cat([(qh @ kh.transpose(-1, -2))[:, :, 0],
+                            torch.bmm(q_by_head, mem_k).transpose(0, 1)], -1) * width ** -0.5
+        weights = scores.softmax(dim=-1)  # [N, h, t + m]
+        tokens = k.shape[1]
+        out = (weights[:, :, None, :tokens] @ vh)[:, :, 0] + \
+            torch.bmm(weights[..., tokens:].transpose(0, 1), mem_v).transpose(0, 1)
+        return self.out_proj(out.reshape(rows, 1, heads * width))
 
     def extra_repr(self) -> str:
         return f"memory_size={self.memory_size}, record={self.record}"

@@ -1,0 +1,97 @@
+"""`python -m evaluate {score,report,caption,compare}`: the evaluation stage program."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from evaluate.caption_images import ImageCaptioner
+from evaluate.compare import compare_tables
+from evaluate.report_inputs import build_report
+from evaluate.score import score as score_split
+from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
+from shared.manifest import write_json_atomic
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Decode and score a split, render its report, caption your own images, "
+                       "compare runs.")
+UNREADABLE_EXIT = 3
+
+
+@app.command()
+@one_line_errors
+def score(config: ConfigOption, set_: SetOption = None, force: ForceOption = False,
+          quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False
+          ) -> None:
+    """Beam-search `eval.split` with the best checkpoint and score it (BLEU, METEOR, ROUGE-L,
+    CIDEr, SPICE when available, CHAIR, optional CLIP-S): runs/<dataset>/eval/<split>/."""
+    for line in score_split(load(config, set_), force=force, progress=not quiet):
+        typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def report(config: ConfigOption, set_: SetOption = None,
+           max_images: Annotated[int, typer.Option(
+               "--max-images", help="Show at most this many images (0: all).")] = 0) -> None:
+    """Write the self-contained HTML report of the scored split (eval/<split>/report.html)."""
+    path = build_report(load(config, set_), max_images=max_images)
+    typer.echo(f"evaluate report: {path}")
+
+
+@app.command()
+@one_line_errors
+def caption(images: Annotated[list[Path], typer.Argument(
+                help="Image files and/or folders (searched recursively).")],
+            config: ConfigOption, set_: SetOption = None,
+            output: Annotated[Path | None, typer.Option(
+                "--output", "-o", help="Write [{file, caption}] json here.")] = None,
+            batch_size: Annotated[int, typer.Option("--batch-size")] = 32) -> None:
+    """Caption raw images end to end (CLIP -> FSGR -> decoder) with a finished run.
+
+    Unreadable files are reported on stderr; exit status 3 when there were any.
+    """
+    captioner = ImageCaptioner(load(config, set_))
+    results, failed = [], 0
+    for result in captioner.caption(images, batch_size=batch_size):
+        if result.error is not None:
+            failed += 1
+            typer.echo(f"unreadable: {result.path}: {result.error}", err=True)
+            continue
+        results.append({"file": str(result.path), "caption": result.caption})
+        if output is None:
+            typer.echo(f"{result.path}\t{result.caption}")
+    if output is not None:
+        write_json_atomic(output, results)
+        typer.echo(f"evaluate caption: {len(results)} captions -> {output}")
+    if not results and not failed:
+        typer.echo("evaluate caption: no image files found", err=True)
+    if failed:
+        typer.echo(f"evaluate caption: {failed} file(s) could not be read", err=True)
+        raise typer.Exit(UNREADABLE_EXIT)
+
+
+@app.command()
+@one_line_errors
+def compare(runs: Annotated[list[str], typer.Argument(
+                help="metrics.json files, eval folders or run folders; LABEL=PATH names a row.")],
+            split: Annotated[str, typer.Option("--split")] = "test",
+            output: Annotated[Path | None, typer.Option(
+                "--output", "-o", help="Also write OUTPUT.md and OUTPUT.tex.")] = None) -> None:
+    """One table (markdown and LaTeX, scores x 100, best in bold) of several evaluations."""
+    markdown, latex = compare_tables(runs, split)
+    typer.echo(markdown)
+    typer.echo("")
+    typer.echo(latex)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.with_suffix(".md").write_text(markdown + "\n")
+        output.with_suffix(".tex").write_text(latex + "\n")
+        typer.echo(f"evaluate compare: wrote {output.with_suffix('.md')} and "
+                   f"{output.with_suffix('.tex')}")
+
+
+if __name__ == "__main__":
+    app()

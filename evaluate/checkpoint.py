@@ -1,0 +1,48 @@
+"""The finished run's caption decoder + vocabulary: `runs/<dataset>/train/scst/best.pt` when
+`scst.enabled`, else the cross-entropy `runs/<dataset>/train/best.pt`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from shared.config import Config
+from shared.manifest import require_current
+from shared.models.caption_decoder import CaptionDecoder
+from shared.stages import decoder_stage, vocab_stage
+from shared.vocabulary import Vocabulary
+from train.trainer import build_decoder
+
+
+@dataclass
+class TrainedDecoder:
+    """A decoder in eval mode (with its memory prototypes) and what it was trained on."""
+
+    decoder: CaptionDecoder
+    vocab: Vocabulary
+    visual_input: str
+    epoch: int
+    val_cider: float
+
+
+def load_trained_decoder(config: Config, device: torch.device) -> TrainedDecoder:
+    """Load the best checkpoint of `config`'s run; refuses one trained with another config."""
+    spec = decoder_stage(config)
+    require_current(spec, config, "python -m train")
+    vocab = Vocabulary.load(vocab_stage(config).output)
+    try:
+        ckpt = torch.load(spec.output, map_location="cpu", weights_only=True)
+        meta = ckpt["meta"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {spec.output} (run `python -m train`)"
+                                ) from None
+    except (RuntimeError, KeyError, EOFError) as err:
+        raise RuntimeError(f"{spec.output}: not a readable decoder checkpoint ({err})") from None
+    if meta["vocab_size"] != len(vocab):
+        raise RuntimeError(f"{spec.output} was trained with {meta['vocab_size']} words but "
+                           f"{vocab_stage(config).output} has {len(vocab)}")
+    decoder = build_decoder(config, meta["d_visual"], meta["vocab_size"])
+    decoder.load_state_dict(ckpt["model"])  # prototype buffers take the saved shapes
+    return TrainedDecoder(decoder.to(device).eval(), vocab, meta["visual_input"],
+                          int(ckpt["epoch"]), float(ckpt["val_cider"]))

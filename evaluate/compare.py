@@ -1,0 +1,47 @@
+"""`evaluate compare RUN...`: one table of the metrics of several evaluations.
+
+A RUN is a `metrics.json`, an eval folder holding one (`runs/<ds>/eval/test`), or a run
+folder (`runs/<ds>`, whose `eval/<split>/metrics.json` is used); `LABEL=PATH` names its row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evaluate.metrics_table import latex_table, markdown_table
+
+
+def metrics_file(run: str, split: str) -> tuple[str, Path]:
+    """(label, metrics.json path) of one RUN argument."""
+    label, _, path_text = run.rpartition("=") if "=" in run else ("", "", run)
+    path = Path(path_text)
+    candidates = [path, path / "metrics.json", path / "eval" / split / "metrics.json"]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"no metrics.json for '{run}' (looked at "
+                                f"{', '.join(str(p) for p in candidates[1:])}); "
+                                "run `python -m evaluate score` for it first")
+    if not label:
+        parts = found.parent.parts
+        label = "/".join(parts[-3:-2] + parts[-1:]) if len(parts) >= 3 and \
+            parts[-2] == "eval" else str(found.parent)
+    return label, found
+
+
+def load_rows(runs: list[str], split: str) -> list[tuple[str, dict[str, float]]]:
+    """(label, metrics) of every RUN, in the given order."""
+    rows = []
+    for run in runs:
+        label, path = metrics_file(run, split)
+        try:
+            rows.append((label, dict(json.loads(path.read_text())["metrics"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not an evaluation metrics file ({err})") from None
+    return rows
+
+
+def compare_tables(runs: list[str], split: str = "test") -> tuple[str, str]:
+    """(markdown, LaTeX) tables of the runs; best value per column in bold."""
+    rows = load_rows(runs, split)
+    return markdown_table(rows, bold_best=True), latex_table(rows, bold_best=True)

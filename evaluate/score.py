@@ -1,0 +1,148 @@
+"""`evaluate score`: beam-search captions of a split from the cache, then the field's metrics.
+
+Two manifest-checked halves, so a failure while scoring never loses the decoded captions:
+
+    runs/<dataset>/eval/<split>/captions.json    COCO results format [{"image_id", "caption"}]
+    runs/<dataset>/eval/<split>/metrics.json     corpus metrics, checkpoint, decoding, notes
+    runs/<dataset>/eval/<split>/per_image.json   caption, references, per-image scores, CHAIR
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluate.chair import ObjectVocabulary, chair_scores, ground_truth_objects
+from evaluate.checkpoint import load_trained_decoder
+from evaluate.clip_score import clip_scores
+from evaluate.coco_metrics import score_captions
+from evaluate.decode_split import decode_records
+from evaluate.metrics_table import markdown_table
+from evaluate.references import reference_captions
+from shared.clip_model import create_clip
+from shared.config import Config
+from shared.devices import resolve_device
+from shared.feature_store import FeatureStore
+from shared.karpathy import ImageRecord, load_karpathy, split_records
+from shared.manifest import (decide, read_manifest, remove_manifest, require_current,
+                             write_json_atomic, write_manifest)
+from shared.stages import captions_stage, clip_stage, eval_dir, eval_stage
+
+
+def split_of(config: Config) -> list[ImageRecord]:
+    """The records of `eval.split` (an error when the split is empty)."""
+    records = split_records(load_karpathy(config.data.karpathy_json, config.data.image_root),
+                            config.eval.split)
+    if not records:
+        raise ValueError(f"{config.data.karpathy_json} has no images in split "
+                         f"'{config.eval.split}' (eval.split)")
+    return records
+
+
+def write_captions(config: Config, force: bool = False, progress: bool = True
+                   ) -> tuple[dict[int, str], str]:
+    """Decode `eval.split` (or reuse the up-to-date captions.json); returns captions and a line."""
+    spec = captions_stage(config)
+    decision = decide(spec, config, force=force)
+    if decision.up_to_date:
+        return read_captions(spec.output), f"evaluate captions: {decision.reason}"
+    remove_manifest(spec.output)
+    device = resolve_device(config.clip.device)
+    trained = load_trained_decoder(config, device)
+    started = time.perf_counter()
+    captions = decode_records(config, trained, split_of(config), device, progress)
+    if not captions:
+        raise RuntimeError(f"no image of split '{config.eval.split}' is readable in the cache")
+    seconds = time.perf_counter() - started
+    write_json_atomic(spec.output, [{"image_id": i, "caption": captions[i]}
+                                    for i in sorted(captions)])
+    write_manifest(spec, config, {"images": len(captions), "checkpoint_epoch": trained.epoch + 1,
+                                  "checkpoint_val_cider": trained.val_cider,
+                                  "seconds": seconds})
+    return captions, (f"evaluate captions: {len(captions)} images of '{config.eval.split}' in "
+                      f"{seconds:.1f}s ({len(captions) / max(seconds, 1e-9):.1f} img/s), "
+                      f"beam {config.eval.beam_size} -> {spec.output}")
+
+
+def read_captions(path) -> dict[int, str]:  # noqa: ANN001
+    """image id -> caption of a COCO results json."""
+    try:
+        return {int(e["image_id"]): str(e["caption"]) for e in json.loads(path.read_text())}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a COCO results json ({err})") from None
+
+
+def score(config: Config, force: bool = False, progress: bool = True) -> list[str]:
+    """Decode (if needed) and score `eval.split`; returns the lines to print (incl. a table)."""
+    captions, captions_line = write_captions(config, force=force, progress=progress)
+    spec = eval_stage(config)
+    decision = decide(spec, config, force=force)
+    if decision.up_to_date:
+        metrics = json.loads(spec.output.read_text())
+        return [captions_line, f"evaluate score: {decision.reason}", *summary_lines(config, metrics)]
+    remove_manifest(spec.output)
+    records = {r.image_id: r for r in split_of(config) if r.image_id in captions}
+    references = reference_captions(list(records.values()), config.data.captions_json)
+    scores = score_captions(captions, references, spice=config.eval.spice)
+    corpus, notes = dict(scores.corpus), list(scores.notes)
+    per_image: dict[int, dict[str, Any]] = {
+        i: {"image_id": i, "file": str(records[i].path), "caption": captions[i],
+            "references": references[i], "scores": scores.per_image[i]} for i in sorted(captions)}
+
+    if config.data.instances_json:
+        vocab = ObjectVocabulary.from_instances(config.data.instances_json)
+        truth = ground_truth_objects(config.data.instances_json, references, vocab)
+        chair, chair_images = chair_scores(captions, truth, vocab)
+        corpus.update({"CHAIR_s": chair["CHAIR_s"], "CHAIR_i": chair["CHAIR_i"]})
+        for i, result in chair_images.items():
+            per_image[i]["chair"] = result.to_json()
+        chair_counts = {k: v for k, v in chair.items() if not k.startswith("CHAIR")}
+    else:
+        chair_counts = {}
+        notes.append("CHAIR skipped: data.instances_json is empty")
+
+    if config.eval.clipscore:
+        ids = sorted(captions)
+        corpus.update(_clip_scores(config, ids, captions, references, per_image))
+
+    metrics = {"split": config.eval.split, "images": len(captions), "metrics": corpus,
+               "chair_counts": chair_counts, "notes": notes,
+               "decoding": {"beam_size": config.eval.beam_size,
+                            "max_length": config.eval.max_length},
+               "checkpoint": (read_manifest(captions_stage(config).output) or {}).get("summary",
+                                                                                        {})}
+    write_json_atomic(eval_dir(config) / "per_image.json", list(per_image.values()))
+    write_json_atomic(spec.output, metrics)
+    write_manifest(spec, config, {"metrics": corpus})
+    return [captions_line, *summary_lines(config, metrics)]
+
+
+def _clip_scores(config: Config, ids: list[int], captions: dict[int, str],
+                 references: dict[int, list[str]], per_image: dict[int, dict[str, Any]]
+                 ) -> dict[str, float]:
+    """CLIP-S / RefCLIP-S with the run's CLIP (pooled image embeddings from the CLIP cache)."""
+    store_spec = clip_stage(config)
+    require_current(store_spec, config, "python -m extract clip")
+    with FeatureStore.open(store_spec.output) as store:
+        row_of = {int(i): r for r, i in enumerate(store.read("image_ids"))}
+        embeds = store.read_rows("image_embed", np.array([row_of[i] for i in ids]))
+    device = resolve_device(config.clip.device)
+    bundle = create_clip(config.clip.model, config.clip.pretrained, device)
+    result = clip_scores(bundle, embeds, [captions[i] for i in ids],
+                         [references[i] for i in ids], device)
+    for i, clip_s, ref_s in zip(ids, result.clip_s.tolist(), result.ref_clip_s.tolist()):
+        per_image[i]["scores"].update({"CLIP-S": clip_s, "RefCLIP-S": ref_s})
+    return result.corpus
+
+
+def summary_lines(config: Config, metrics: dict[str, Any]) -> list[str]:
+    """Notes, the metric table (x 100) and where the outputs are."""
+    label = f"{config.data.name}/{metrics['split']}"
+    return [*metrics.get("notes", []), "",
+            markdown_table([(label, metrics["metrics"])]), "",
+            f"evaluate score: {metrics['images']} images; metrics in "
+            f"{eval_dir(config) / 'metrics.json'} (scores x 100)"]

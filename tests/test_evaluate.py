@@ -1,0 +1,152 @@
+"""`python -m evaluate` on the small demo run: score, CHAIR, CLIP-S, report, caption, compare."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+import evaluate.coco_metrics as coco_metrics
+from evaluate.__main__ import app
+from evaluate.checkpoint import load_trained_decoder
+from evaluate.report_inputs import build_report
+from evaluate.score import score
+from shared.config import load_config
+from shared.karpathy import load_karpathy, split_records
+from shared.stages import eval_dir
+from tests.conftest import DEMO_CONFIG
+from train.trainer import train
+
+EVAL_TRAIN_SETS = ["train.max_epochs=2", "train.batch_size=25", "train.warmup_steps=10",
+                   "memory.warmup_iterations=20", "memory.refresh_stride=15",
+                   "memory.bank_iterations=20", "memory.bank_cap=2000",
+                   "memory.n_prototypes=16", "memory.knn=4", "eval.batch_size=8",
+                   "scst.enabled=false"]
+CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+@pytest.fixture(scope="module")
+def scored(demo_run):
+    """The demo run trained briefly, its test split decoded and scored (with CLIP-S)."""
+    _, sets = demo_run
+    sets = [*sets, *EVAL_TRAIN_SETS, "eval.clipscore=true"]
+    config = load_config(DEMO_CONFIG, sets)
+    train(config, progress=False)
+    lines = score(config, progress=False)
+    return config, sets, lines
+
+
+def test_metrics_json_keys_and_ranges(scored) -> None:
+    config, _, lines = scored
+    folder = eval_dir(config)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    test_ids = {r.image_id for r in split_records(
+        load_karpathy(config.data.karpathy_json, config.data.image_root), "test")}
+    assert metrics["split"] == "test" and metrics["images"] == len(test_ids) == 30
+    values = metrics["metrics"]
+    for name in CAPTION_METRICS:
+        assert 0.0 <= values[name] <= (10.0 if name == "CIDEr" else 1.0), name
+    assert values["BLEU-1"] > 0.3 and values["CIDEr"] > 0.05  # it learned something
+    assert 0.0 <= values["CHAIR_i"] <= 1.0 and 0.0 <= values["CHAIR_s"] <= 1.0
+    assert 0.0 < values["CLIP-S"] <= 2.5 and 0.0 < values["RefCLIP-S"] <= 2.5
+    assert "SPICE" not in values and any(n.startswith("SPICE skipped") for n in metrics["notes"])
+    assert metrics["decoding"] == {"beam_size": 5, "max_length": 20}
+    captions = json.loads((folder / "captions.json").read_text())
+    assert {c["image_id"] for c in captions} == test_ids
+    assert all(isinstance(c["caption"], str) and c["caption"] for c in captions)
+    assert all(len(c["caption"].split()) <= 20 for c in captions)
+    per_image = json.loads((folder / "per_image.json").read_text())
+    assert {e["image_id"] for e in per_image} == test_ids
+    entry = per_image[0]
+    assert set(entry["scores"]) >= {*CAPTION_METRICS, "CLIP-S", "RefCLIP-S"}
+    assert set(entry["chair"]) >= {"mentioned", "hallucinated", "covered", "ground_truth"}
+    assert entry["chair"]["ground_truth"], "every demo image has annotated objects"
+    assert any("| demo/test |" in line for line in lines)
+
+
+def test_rerun_skips_and_changed_beam_redecodes(scored) -> None:
+    config, sets, _ = scored
+    lines = score(config, progress=False)
+    assert lines[0].startswith("evaluate captions: up to date")
+    assert lines[1].startswith("evaluate score: up to date")
+    greedy = load_config(DEMO_CONFIG, [*sets, "eval.beam_size=1"])
+    lines = score(greedy, progress=False)
+    assert "beam 1" in lines[0]
+    score(config, progress=False)  # back to beam 5 for the other tests
+
+
+def test_spice_missing_is_one_line_and_other_metrics_stay(tmp_path, monkeypatch) -> None:
+    assert "not found in" in coco_metrics.spice_missing(tmp_path)
+    for jar in coco_metrics.CORENLP_JARS:
+        (tmp_path / jar).write_bytes(b"")
+    assert coco_metrics.spice_missing(tmp_path) == ""
+    monkeypatch.setattr(coco_metrics, "SPICE_LIB", tmp_path / "empty")
+    result = coco_metrics.score_captions(
+        {1: "a red circle on the left"},
+        {1: ["A red circle on the left.", "a red ball at the left side"]}, spice=True)
+    assert len(result.notes) == 1 and result.notes[0].startswith("SPICE skipped:")
+    assert "\n" not in result.notes[0]
+    assert set(result.corpus) == set(CAPTION_METRICS) and result.corpus["BLEU-1"] > 0.5
+
+
+def test_report_has_every_image(scored) -> None:
+    config, _, _ = scored
+    path = build_report(config)
+    html = path.read_text()
+    per_image = json.loads((eval_dir(config) / "per_image.json").read_text())
+    for entry in per_image:
+        assert f'id="img-{entry["image_id"]}"' in html
+    assert html.count('class="cell') >= len(per_image) * 64  # 8x8 FSGR concept grid each
+    assert "data:image/png;base64," in html  # the training curve
+
+
+def test_caption_folder_with_a_corrupt_file(scored, tmp_path) -> None:
+    config, sets, _ = scored
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    captions = {c["image_id"]: c["caption"] for c in
+                json.loads((eval_dir(config) / "captions.json").read_text())}
+    records = [r for r in load_karpathy(config.data.karpathy_json, config.data.image_root)
+               if r.image_id in captions][:3]
+    for r in records:
+        shutil.copy(r.path, folder / r.path.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    args = ["caption", str(folder), "--config", str(DEMO_CONFIG)]
+    for s in sets:
+        args += ["--set", s]
+    out = tmp_path / "captions.json"
+    result = CliRunner().invoke(app, [*args, "--output", str(out)])
+    assert result.exit_code == 3, result.output
+    assert "broken.jpg" in result.output
+    written = {e["file"]: e["caption"] for e in json.loads(out.read_text())}
+    assert len(written) == 3
+    for r in records:  # end to end from the raw file == the cached pipeline
+        assert written[str(folder / r.path.name)] == captions[r.image_id]
+
+
+def test_compare_two_runs(scored, tmp_path) -> None:
+    config, _, _ = scored
+    other = tmp_path / "other.json"
+    metrics = json.loads((eval_dir(config) / "metrics.json").read_text())
+    metrics["metrics"] = {k: v / 2 for k, v in metrics["metrics"].items()}
+    other.write_text(json.dumps(metrics))
+    result = CliRunner().invoke(app, ["compare", f"PMA={eval_dir(config)}", f"half={other}",
+                                      "--output", str(tmp_path / "table")])
+    assert result.exit_code == 0, result.output
+    markdown = (tmp_path / "table.md").read_text()
+    assert "| PMA |" in markdown and "| half |" in markdown and "**" in markdown
+    latex = (tmp_path / "table.tex").read_text()
+    assert latex.startswith(r"\begin{tabular}") and r"\textbf{" in latex
+    cider = metrics["metrics"]["CIDEr"] * 2
+    assert f"{100 * cider:.1f}" in markdown
+    missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no metrics.json" in missing.output
+
+
+def test_untrained_run_is_refused(demo_run, tmp_path) -> None:
+    _, sets = demo_run
+    config = load_config(DEMO_CONFIG, [*sets, f"data.run_root={json.dumps(str(tmp_path))}"])
+    with pytest.raises(RuntimeError, match="run `python -m"):
+        load_trained_decoder(config, __import__("torch").device("cpu"))
