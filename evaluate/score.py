@@ -141,7 +141,7 @@ def _clip_scores(config: Config, ids: list[int], captions: dict[int, str],
 
 def summary_lines(config: Config, metrics: dict[str, Any]) -> list[str]:
     """Notes, the metric table (x 100) and where the outputs are."""
-    label = f"{config.data.name}/{metrics['split']}"
+    label = f"{config.train.experiment or config.data.name}/{metrics['split']}"
     return [*metrics.get("notes", []), "",
             markdown_table([(label, metrics["metrics"])]), "",
             f"evaluate score: {metrics['images']} images; metrics in "

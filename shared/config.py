@@ -141,6 +141,7 @@ class ClusterConfig:
 class TrainConfig:
     """Cross-entropy training from the feature cache."""
 
+    experiment: str = ""        # a name puts train/eval outputs in runs/<ds>/experiments/<name>
     batch_size: int = 50
     lr: float = 2e-4
     warmup_steps: int = 10_000

@@ -89,9 +89,21 @@ def prototypes_dir(config: Config) -> Path:
     return config.run_dir / "prototypes"
 
 
+def experiment_dir(config: Config) -> Path:
+    """Where the decoder's outputs go: `runs/<dataset>/`, or `runs/<dataset>/experiments/<name>/`
+    with `train.experiment = "<name>"`, so several decoders (baseline, FSGR, PMA, both) train
+    and evaluate side by side on the same feature caches."""
+    name = config.train.experiment
+    if not name:
+        return config.run_dir
+    if Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"train.experiment must be a plain folder name, got {name!r}")
+    return config.run_dir / "experiments" / name
+
+
 def memory_banks_path(config: Config) -> Path:
-    """`runs/<dataset>/memory/banks.npz`: key/value banks dumped by the trainer."""
-    return config.run_dir / "memory" / "banks.npz"
+    """`<experiment>/memory/banks.npz`: key/value banks dumped by the trainer."""
+    return experiment_dir(config) / "memory" / "banks.npz"
 
 
 def visual_stage(config: Config) -> StageSpec:
@@ -114,7 +126,8 @@ def cluster_features_stage(config: Config) -> StageSpec:
 def cluster_activations_stage(config: Config) -> StageSpec:
     """`cluster activations`: per-layer M_K / M_V from the trainer's bank dump (`memory.self`)."""
     keys = ["cluster", "memory.n_prototypes", "memory.knn"]
-    return StageSpec("cluster.activations", prototypes_dir(config) / "memory.npz", keys,
+    return StageSpec("cluster.activations",
+                     experiment_dir(config) / "prototypes" / "memory.npz", keys,
                      [memory_banks_path(config)])
 
 
@@ -123,8 +136,8 @@ TRAIN_KEYS = ["decoder", "memory", "train", "cluster.n_iter", "cluster.seed",
 
 
 def train_dir(config: Config) -> Path:
-    """`runs/<dataset>/train/`: checkpoints, log and curves of the decoder."""
-    return config.run_dir / "train"
+    """`<experiment>/train/`: checkpoints, log and curves of the decoder."""
+    return experiment_dir(config) / "train"
 
 
 def train_stage(config: Config) -> StageSpec:
@@ -167,8 +180,8 @@ SCORE_KEYS = ["eval.spice", "eval.clipscore", "data.captions_json", "data.instan
 
 
 def eval_dir(config: Config, split: str | None = None) -> Path:
-    """`runs/<dataset>/eval/<split>/`: captions, metrics, per-image results, report."""
-    return config.run_dir / "eval" / (split or config.eval.split)
+    """`<experiment>/eval/<split>/`: captions, metrics, per-image results, report."""
+    return experiment_dir(config) / "eval" / (split or config.eval.split)
 
 
 def captions_stage(config: Config) -> StageSpec:

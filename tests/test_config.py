@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import ConfigError, load_config, parse_override
+from tests.conftest import REPO
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
 
@@ -74,3 +75,19 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "[clip\n"))
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_experiment_names_separate_decoder_outputs() -> None:
+    from shared.stages import (captions_stage, cluster_activations_stage, clip_stage,
+                               experiment_dir, train_stage)
+    base = load_config(REPO / "configs" / "demo.toml", [])
+    named = load_config(REPO / "configs" / "demo.toml", ['train.experiment="pma-fsgr"'])
+    assert experiment_dir(base) == base.run_dir
+    assert experiment_dir(named) == named.run_dir / "experiments" / "pma-fsgr"
+    for stage in (train_stage, cluster_activations_stage, captions_stage):
+        assert stage(named).output.is_relative_to(experiment_dir(named))
+        assert not stage(base).output.is_relative_to(base.run_dir / "experiments")
+    assert clip_stage(named).output == clip_stage(base).output  # caches are shared
+    bad = load_config(REPO / "configs" / "demo.toml", ['train.experiment="../elsewhere"'])
+    with pytest.raises(ValueError, match="plain folder name"):
+        experiment_dir(bad)
