@@ -1,7 +1,10 @@
-"""`python -m train --config PATH [--set k=v ...] [--force]`: train the caption decoder.
+"""`python -m train --config PATH [--set k=v ...] [--force] [--resume] [--xe-only|--scst-only]`:
+train the caption decoder, cross-entropy first, then self-critical (SCST) when `scst.enabled`.
 
-A run resumes from `runs/<dataset>/train/last.pt` when it was started with the same config;
-`--force` starts over. Multi-GPU: `torchrun --nproc_per_node N -m train --config PATH`.
+Each phase resumes from its `last.pt` (`runs/<dataset>/train/last.pt`, `.../train/scst/last.pt`)
+when it was started with the same config, and is skipped when its output is up to date;
+`--force` starts over (the phases that run). Multi-GPU:
+`torchrun --nproc_per_node N -m train --config PATH`.
 """
 
 from __future__ import annotations
@@ -11,11 +14,17 @@ from typing import Annotated
 import typer
 
 from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
+from train.scst import train_scst
 from train.trainer import train
 
 ResumeOption = Annotated[bool, typer.Option(
     "--resume", help="Insist on continuing last.pt (error if it is missing or from another "
                      "config); without it a matching last.pt is resumed anyway.")]
+XeOnlyOption = Annotated[bool, typer.Option(
+    "--xe-only", help="Cross-entropy training only, even when scst.enabled.")]
+ScstOnlyOption = Annotated[bool, typer.Option(
+    "--scst-only", help="Self-critical training only (the XE checkpoint must be up to date, "
+                        "or scst.init_checkpoint set).")]
 
 app = typer.Typer(add_completion=False)
 
@@ -23,12 +32,26 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @one_line_errors
 def main(config: ConfigOption, set_: SetOption = None, force: ForceOption = False,
-         resume: ResumeOption = False) -> None:
-    """Cross-entropy training of the (PMA) decoder on the feature cache."""
+         resume: ResumeOption = False, xe_only: XeOnlyOption = False,
+         scst_only: ScstOnlyOption = False) -> None:
+    """Cross-entropy training of the (PMA) decoder on the feature cache, then SCST."""
     if resume and force:
         raise StageFailure("--resume and --force contradict each other")
-    for line in train(load(config, set_), force=force, resume=resume):
-        typer.echo(line)
+    if xe_only and scst_only:
+        raise StageFailure("--xe-only and --scst-only contradict each other")
+    cfg = load(config, set_)
+    if scst_only and not cfg.scst.enabled:
+        raise StageFailure("--scst-only but scst.enabled is false")
+    xe_was_done = scst_only
+    if not scst_only:
+        lines = train(cfg, force=force, resume=resume)
+        xe_was_done = bool(lines) and lines[0].startswith("train: up to date")
+        for line in lines:
+            typer.echo(line)
+    if cfg.scst.enabled and not xe_only:
+        # --resume insists on the interrupted phase: SCST's only when XE had nothing to do
+        for line in train_scst(cfg, force=force, resume=resume and xe_was_done):
+            typer.echo(line)
 
 
 if __name__ == "__main__":

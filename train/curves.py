@@ -1,4 +1,10 @@
-"""Training curves (loss and validation CIDEr-D per epoch) as a PNG beside the log."""
+"""Training curves (loss and validation CIDEr-D per epoch) as a PNG beside the log.
+
+The log holds cross-entropy records (no `phase`, or `"phase": "xe"`) and, after them,
+self-critical ones (`"phase": "scst"`, epochs counted from 0 = the starting weights). SCST
+epochs are drawn after the last cross-entropy epoch, so the CIDEr-D panel reads as one run;
+a third panel shows SCST's mean training reward.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +17,38 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _series(records: list[dict], key: str, offset: int = 0) -> tuple[list[int], list[float]]:
+    """(epochs + offset, values) of the records that have `key`."""
+    pairs = [(r["epoch"] + offset, r[key]) for r in records if r.get(key) is not None]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
 def plot_curves(log_path: Path, png_path: Path) -> None:
     """Plot train/val loss and val CIDEr-D from a JSON-lines log (one record per epoch)."""
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
-    epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_cider) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [r["train_loss"] for r in records], marker="o", label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in records], marker="o", label="val")
+    xe = [r for r in records if r.get("phase", "xe") == "xe"]
+    scst = [r for r in records if r.get("phase") == "scst"]
+    offset = max((r["epoch"] for r in xe), default=0)
+    panels = 3 if scst else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5))
+    ax_loss, ax_cider = axes[0], axes[1]
+    ax_loss.plot(*_series(xe, "train_loss"), marker="o", label="train")
+    ax_loss.plot(*_series(xe, "val_loss"), marker="o", label="val")
+    if scst:
+        ax_loss.plot(*_series(scst, "val_loss", offset), marker="o", label="val (SCST)")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.legend()
-    ax_cider.plot(epochs, [r["val_cider"] for r in records], marker="o", color="tab:green")
+    ax_cider.plot(*_series(xe, "val_cider"), marker="o", color="tab:green", label="XE")
+    if scst:
+        ax_cider.plot(*_series(scst, "val_cider", offset), marker="o", color="tab:red",
+                      label="SCST")
+        ax_cider.axvline(offset, color="grey", linestyle=":", linewidth=1)
+        ax_cider.legend()
+        ax_reward = axes[2]
+        ax_reward.plot(*_series(scst, "mean_reward"), marker="o", color="tab:purple")
+        ax_reward.set_xlabel("SCST epoch")
+        ax_reward.set_ylabel("mean train reward (CIDEr-D)")
     ax_cider.set_xlabel("epoch")
     ax_cider.set_ylabel("val CIDEr-D (greedy)")
     fig.tight_layout()

@@ -1,0 +1,130 @@
+"""Benchmark: where the time of one self-critical (SCST) step goes, reward computation above all.
+
+The step is `train.scst.scst_step`, the trainer's own: candidates without grad (`scst.candidates`,
+`scst.n_samples` per image, max `eval.max_length` words; with the greedy baseline also the
+greedy captions), CIDEr-D rewards (`CiderDReward.score_ids`) and baselines, then the
+teacher-forced forward with grad, loss, backward, gradient clipping and Adam. Memory-bank
+collection and prototype refreshes are not part of it.
+
+The decoder is `train.trainer.build_decoder` of `configs/demo.toml` (plus `--set` overrides)
+with random weights; with `memory.self` on, `memory.n_prototypes` random prototypes are
+installed in every layer. Visual tokens are random ([images, --patches, --dim]). Rewards use the
+COCO-like synthetic training set of `bench/cider.py` (`--images` x 5 references, seeded) and a
+vocabulary of its words seen at least 5 times; the <eos> logit is scaled (`--eos-scale`) so the
+random decoder's captions end at varied lengths instead of always running to the maximum.
+Each of `--steps` timed steps (after one warm-up) uses `--batch-images` distinct training
+images. Reports ms per step of each part and the share of the step spent in rewards.
+
+    .venv/bin/python bench/scst.py [--batch-images 50] [--steps 10] [--set scst.n_samples=5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.cider import synthetic_training_set  # noqa: E402
+from shared.cider_reward import CiderDReward  # noqa: E402
+from shared.config import load_config  # noqa: E402
+from shared.devices import resolve_device  # noqa: E402
+from shared.vocabulary import build_vocabulary  # noqa: E402
+from train.scst import TeacherForced, scst_step  # noqa: E402
+from train.trainer import build_decoder  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.toml"))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config override (repeatable), e.g. scst.candidates=\"beam\"")
+    parser.add_argument("--batch-images", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after 1 warm-up)")
+    parser.add_argument("--images", type=int, default=5000, help="synthetic training images")
+    parser.add_argument("--vocab", type=int, default=2000, help="synthetic vocabulary size")
+    parser.add_argument("--patches", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=128, help="visual token width")
+    parser.add_argument("--eos-scale", type=float, default=10.0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config, args.set)
+    device = resolve_device(args.device)
+
+    refs, _, _ = synthetic_training_set(args.images, 5, args.vocab, args.seed)
+    vocab = build_vocabulary((r for rs in refs.values() for r in rs), min_count=5)
+    started = time.perf_counter()
+    reward = CiderDReward.from_references(refs)
+    build_s = time.perf_counter() - started
+
+    torch.manual_seed(args.seed)
+    decoder = build_decoder(config, args.dim, len(vocab)).to(device)
+    with torch.no_grad():
+        decoder.head.weight[vocab.eos_id] *= args.eos_scale
+    if config.memory.self:
+        m, d = config.memory.n_prototypes, config.decoder.d_model
+        decoder.set_memory_prototypes([(torch.randn(m, d, device=device),
+                                        torch.randn(m, d, device=device))
+                                       for _ in range(config.decoder.n_dec_layers)])
+    decoder.eval()
+    forward = TeacherForced(decoder)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=config.scst.lr, betas=(0.9, 0.98))
+    rng = np.random.default_rng(args.seed)
+    ids = np.array(sorted(refs))
+
+    totals = {"sample": 0.0, "reward": 0.0, "update": 0.0, "step": 0.0}
+    words = candidates = 0
+    mean_reward = 0.0
+    for step in range(args.steps + 1):
+        image_ids = rng.choice(ids, size=args.batch_images, replace=False)
+        visual = torch.randn(args.batch_images, args.patches, args.dim, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = scst_step(decoder, forward, optimizer, visual, image_ids, reward, vocab,
+                           config, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        if step == 0:
+            continue  # warm-up
+        totals["sample"] += result.sample_seconds
+        totals["reward"] += result.reward_seconds
+        totals["update"] += result.update_seconds
+        totals["step"] += elapsed
+        words += result.words
+        candidates += result.rewards.size
+        mean_reward += float(result.rewards.sum())
+    per_step = {f"{k}_ms_per_step": round(1000 * v / args.steps, 1) for k, v in totals.items()}
+    sc = config.scst
+    print(json.dumps({
+        "device": str(device), "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(), "d_model": config.decoder.d_model,
+        "layers": config.decoder.n_dec_layers, "vocab": len(vocab),
+        "prototypes": config.memory.n_prototypes if config.memory.self else 0,
+        "images_per_step": args.batch_images, "candidates": sc.candidates,
+        "n_samples": sc.n_samples, "baseline": sc.baseline,
+        "max_length": config.eval.max_length, "steps": args.steps,
+        "reward_build_seconds": round(build_s, 2),
+        "mean_words_per_candidate": round(words / max(candidates, 1), 1),
+        "mean_reward": round(mean_reward / max(candidates, 1), 4), **per_step,
+        "reward_share": round(totals["reward"] / totals["step"], 4)}, indent=2))
+    print(f"reward share of an SCST step: {100 * totals['reward'] / totals['step']:.1f}% "
+          f"({per_step['reward_ms_per_step']} of {per_step['step_ms_per_step']} ms)")
+
+
+if __name__ == "__main__":
+    main()

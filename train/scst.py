@@ -1,0 +1,583 @@
+"""Self-critical sequence training (SCST) of the caption decoder after cross-entropy.
+
+Starts from the cross-entropy `train/best.pt` (or `scst.init_checkpoint`), weights and memory
+prototypes included, and maximises the CIDEr-D of the decoder's own captions on the training
+images (REINFORCE with a baseline, Rennie et al. 2017):
+
+* candidates per image: `scst.n_samples` captions sampled word by word from the model
+  (`scst.candidates = "sample"`), or the top `n_samples` beams of `beam_search` with beam size
+  `n_samples` (`"beam"`, as in M2 / FSGR); at most `eval.max_length` words, <pad>/<bos> never
+  generated, everything after the first <eos> is <pad>.
+* reward: exact CIDEr-D against the image's training references with the document frequencies
+  of the whole training split (`shared.cider_reward.CiderDReward`, cached in
+  `train/scst/cider_df.npz`). References are the Karpathy tokens through `normalize_words`
+  (all words, also those outside the vocabulary); candidates are the vocabulary's words, with
+  `<unk>` kept as a word that matches no reference (so emitting it is never rewarded).
+* baseline (`scst.baseline`): `"mean"`, for each candidate the mean reward of the other n-1
+  candidates of its image ("new self-critical", Luo 2020); `"greedy"`, the reward of the
+  image's greedy caption (Rennie et al. 2017).
+* loss: -mean over candidates of (reward - baseline) x the candidate's mean token
+  log-probability, tokens up to and including its first <eos> (so the model learns when to
+  stop); see `scst_loss` for why the length normalisation does not favour short captions.
+
+The model stays in eval mode throughout (no dropout), so the policy the candidates are drawn
+from is exactly the one whose log-probabilities are differentiated; those log-probabilities
+renormalise over the words that can be generated (<pad>/<bos> excluded), as sampling does.
+(Beam candidates are not samples of the policy: that variant is M2's heuristic. On the small
+demo it is the one that raises greedy val CIDEr-D within a few epochs; with sampled candidates
+the samples' reward rises but greedy captions first get worse, see tests/test_scst.py.)
+Adam(0.9, 0.98) at `scst.lr`, x`scst.decay_factor` every `scst.decay_every` epochs (0: constant),
+gradient clipping `train.grad_clip`, autocast `train.precision`. PMA memory: keys/values of
+the teacher-forced forward feed `SelfMemory` and prototypes are refreshed on its schedule
+(counted in SCST steps; banks start empty, the XE prototypes serve until the first refresh).
+
+Each epoch: validation exactly as in cross-entropy training (val loss, greedy CIDEr-D), then
+`train/scst/last.pt` (exact resume) and `train/scst/best.pt` (XE format), and a `"phase":
+"scst"` record in the shared `train/log.jsonl`, after an epoch-0 record of the starting
+weights. The starting weights count as a candidate for `best.pt` (epoch -1 there, epoch 0 in
+the log): if SCST never beats them, evaluation keeps the cross-entropy decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from shared.cache_batches import CacheBatches, caption_samples
+from shared.cider_reward import CiderDReward, references_fingerprint
+from shared.config import Config
+from shared.devices import autocast, resolve_device
+from shared.feature_store import FeatureStore
+from shared.karpathy import ImageRecord, load_karpathy, split_records
+from shared.manifest import current_state, decide, remove_manifest, require_current, \
+    write_manifest
+from shared.models.beam_search import beam_search
+from shared.models.caption_decoder import CaptionDecoder
+from shared.stages import scst_stage, train_dir, train_stage, visual_array, visual_stage, \
+    vocab_stage
+from shared.training_schedule import save_atomic
+from shared.validation import validation_scores
+from shared.vocabulary import Vocabulary, normalize_words
+from train.curves import plot_curves
+from train.self_memory import SelfMemory
+from train.trainer import NonFiniteLoss, _refresh, build_decoder, init_distributed
+
+__all__ = ["StepResult", "TeacherForced", "baseline_rewards", "beam_candidates",
+           "candidate_mask", "load_reward", "sample_captions", "scst_loss", "scst_lr",
+           "scst_step", "token_log_probs", "train_scst", "training_references"]
+
+
+# -- the pieces (pure functions, tested on their own) ----------------------------------------
+
+def baseline_rewards(rewards: np.ndarray, baseline: str,
+                     greedy: np.ndarray | None = None) -> np.ndarray:
+    """The baseline of every candidate, from `rewards` [images, n] (candidates of an image in
+    a row): `"mean"` = mean reward of the other n-1 candidates of the same image (needs
+    n >= 2); `"greedy"` = `greedy` [images], the reward of each image's greedy caption."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards must be [images, candidates], got shape {rewards.shape}")
+    n = rewards.shape[1]
+    if baseline == "mean":
+        if n < 2:
+            raise ValueError("the mean baseline needs scst.n_samples >= 2 (it averages the "
+                             "other candidates of the image)")
+        return (rewards.sum(axis=1, keepdims=True) - rewards) / (n - 1)
+    if baseline == "greedy":
+        if greedy is None:
+            raise ValueError("the greedy baseline needs the greedy captions' rewards")
+        greedy = np.asarray(greedy, dtype=np.float64)
+        if greedy.shape != rewards.shape[:1]:
+            raise ValueError(f"{greedy.shape[0] if greedy.ndim else 0} greedy rewards for "
+                             f"{rewards.shape[0]} images")
+        return np.repeat(greedy[:, None], n, axis=1)
+    raise ValueError(f"unknown baseline {baseline!r} (expected mean or greedy)")
+
+
+def candidate_mask(words: torch.Tensor, eos_id: int, pad_id: int = 0) -> torch.Tensor:
+    """[N, T] True for the words of each candidate up to and including its first <eos>
+    (every non-padding word when it has none)."""
+    is_eos = (words == eos_id).long()
+    before_first_eos = (is_eos.cumsum(dim=1) - is_eos) == 0
+    return before_first_eos & (words != pad_id)
+
+
+def _after_first_eos_to_pad(words: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    keep = candidate_mask(words, eos_id, pad_id)
+    return torch.where(keep, words, torch.full_like(words, pad_id))
+
+
+@torch.no_grad()
+def sample_captions(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, eos_id: int,
+                    n_samples: int, max_len: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """`n_samples` captions per image of `visual` [B, Lv, d], drawn word by word from the
+    model's distribution (incremental decoding; <pad>/<bos> never drawn). Returns word ids
+    [B * n_samples, <= max_len] without <bos>, rows image-major (image b: rows b*n .. b*n+n-1),
+    <pad> after each row's first <eos>; a row without <eos> has `max_len` words. The caller
+    chooses the mode (eval: no dropout)."""
+    pad_id = decoder.pad_id
+    state = decoder.start_decoding(*decoder.encode(visual), repeat=n_samples)
+    rows = visual.shape[0] * n_samples
+    fed = torch.full((rows,), bos_id, dtype=torch.long, device=visual.device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=visual.device)
+    out = []
+    for _ in range(max_len):
+        logits = decoder.step(fed, state).float()
+        logits[:, [pad_id, bos_id]] = -torch.inf
+        word = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+        out.append(torch.where(finished, torch.full_like(word, pad_id), word))
+        finished |= word == eos_id
+        fed = torch.where(finished, torch.full_like(word, eos_id), word)
+        if finished.all():
+            break
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def beam_candidates(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, eos_id: int,
+                    n_beams: int, max_len: int) -> torch.Tensor:
+    """The `n_beams` hypotheses of a beam search of size `n_beams` per image, in the layout of
+    `sample_captions` ([B * n_beams, <= max_len], image-major, <pad> after the first <eos>)."""
+    result = beam_search(decoder, visual, bos_id, eos_id, beam_size=n_beams, max_len=max_len)
+    words = result.tokens.reshape(-1, result.tokens.shape[-1])
+    return _after_first_eos_to_pad(words, eos_id, decoder.pad_id)
+
+
+def token_log_probs(logits: torch.Tensor, words: torch.Tensor, pad_id: int,
+                    bos_id: int) -> torch.Tensor:
+    """[N, T] log-probability of each word of `words` under next-word `logits` [N, T, V],
+    renormalised over the words that can be generated (<pad>/<bos> excluded, as in sampling
+    and beam search); 0 at <pad> positions (which can never be generated)."""
+    logits = logits.float().clone()
+    logits[..., [pad_id, bos_id]] = -torch.inf
+    picked = F.log_softmax(logits, dim=-1).gather(-1, words[..., None])[..., 0]
+    return torch.where(words == pad_id, torch.zeros_like(picked), picked)  # <pad>: -inf -> 0
+
+
+def scst_loss(log_probs: torch.Tensor, mask: torch.Tensor,
+              advantages: torch.Tensor) -> torch.Tensor:
+    """-mean over candidates of advantage x mean log-probability of the candidate's tokens.
+
+    `log_probs` [N, T] per word, `mask` [N, T] the words that count (up to and including the
+    first <eos>), `advantages` [N] = reward - baseline (no gradient).
+
+    Length normalisation (as in Luo's "new self-critical" code): every candidate weighs the
+    same whatever its length, so long captions do not dominate the gradient and its scale does
+    not grow with caption length. It is no preference for short captions: in expectation the
+    update is E[(r(y) - b) g(y)] with g(y) = grad(log p(y)) / |y|. The mean-of-others baseline
+    b comes from the other, independent candidates of the image, so that is
+    E[r g] - E[r] E[g]: zero whenever the reward does not depend on what g depends on (the
+    length), and otherwise it moves the length the way the reward prefers (checked exactly on
+    an enumerable toy policy in tests/test_scst.py). The caveat: a baseline that sits above
+    the candidates' mean reward (typically the greedy one) leaves E[r - b] < 0, and then the
+    update, grad E[(r - b) / |y|] for a fixed b, favours *long* captions (a smaller 1/|y|
+    shrinks the negative term), a drift the unnormalised sum does not have in expectation;
+    the normalised loss goes with `baseline = "mean"`.
+    """
+    counted = mask.to(log_probs.dtype)
+    summed = torch.where(mask, log_probs, torch.zeros_like(log_probs)).sum(dim=1)
+    per_candidate = summed / counted.sum(dim=1).clamp(min=1.0)
+    return -(advantages.to(per_candidate.dtype) * per_candidate).mean()
+
+
+def scst_lr(base_lr: float, epoch: int, decay_every: int, decay_factor: float) -> float:
+    """`base_lr` x `decay_factor` every `decay_every` epochs (0-based `epoch`; 0: constant)."""
+    if decay_every <= 0:
+        return base_lr
+    return base_lr * decay_factor ** (epoch // decay_every)
+
+
+def training_references(records: list[ImageRecord]) -> dict[int, list[list[str]]]:
+    """image id -> every reference of the training split, tokenised like generated captions
+    (`normalize_words` of the Karpathy tokens: all words, in the vocabulary or not)."""
+    return {r.image_id: [normalize_words(tokens) for tokens in r.tokens]
+            for r in split_records(records, "train")}
+
+
+def load_reward(references: dict[int, list[list[str]]], cache: Path) -> tuple[CiderDReward, str]:
+    """The CIDEr-D reward of `references`: from `cache` when it was built from exactly these
+    references (fingerprint), else built and cached (atomically). Returns it and a note."""
+    fingerprint = references_fingerprint(references)
+    if cache.exists():
+        try:
+            return CiderDReward.load(cache, fingerprint), f"loaded {cache}"
+        except ValueError as err:
+            note = f"rebuilt {cache}: {str(err).removeprefix(f'{cache}: ')}"
+    else:
+        note = f"built {cache}"
+    reward = CiderDReward.from_references(references)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.stem}.tmp{os.getpid()}.npz")
+    reward.save(tmp)
+    tmp.replace(cache)
+    return reward, note
+
+
+class TeacherForced(nn.Module):
+    """Next-word logits of every candidate, visual tokens encoded once per image (the module
+    DDP wraps, so gradients are averaged over ranks)."""
+
+    def __init__(self, decoder: CaptionDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, visual: torch.Tensor, inputs: torch.Tensor, repeat: int) -> torch.Tensor:
+        encoded, allowed = self.decoder.encode(visual)
+        encoded = encoded.repeat_interleave(repeat, dim=0)
+        if allowed is not None and allowed.shape[0] > 1:
+            allowed = allowed.repeat_interleave(repeat, dim=0)
+        return self.decoder.decode(inputs, encoded, allowed)
+
+
+@dataclass
+class StepResult:
+    """What one SCST step did: its loss, the rewards [images, n] (and of the greedy captions
+    with the greedy baseline), words scored, and where the time went."""
+
+    loss: float
+    rewards: np.ndarray
+    greedy_rewards: np.ndarray | None
+    words: int
+    sample_seconds: float      # candidates (+ greedy captions), no grad
+    reward_seconds: float      # CIDEr-D of every caption + baselines
+    update_seconds: float      # teacher-forced forward, loss, backward, clipping, Adam
+
+
+def scst_step(decoder: CaptionDecoder, forward: nn.Module, optimizer: torch.optim.Optimizer,
+              visual: torch.Tensor, image_ids: np.ndarray, reward: CiderDReward,
+              vocab: Vocabulary, config: Config, device: torch.device) -> StepResult:
+    """One self-critical update on the images `visual` [B, Lv, d] (ids `image_ids`): draw
+    candidates, score them, one teacher-forced forward with grad through `forward`
+    (`TeacherForced(decoder)`, possibly DDP-wrapped), Adam step. The decoder is expected in
+    eval mode. Raises NonFiniteLoss (before touching the weights) on a NaN/inf loss."""
+    sc, max_len = config.scst, config.eval.max_length
+    n = sc.n_samples
+    started = time.perf_counter()
+    with autocast(device, config.train.precision):
+        if sc.candidates == "beam":
+            words = beam_candidates(decoder, visual, vocab.bos_id, vocab.eos_id, n, max_len)
+        else:
+            words = sample_captions(decoder, visual, vocab.bos_id, vocab.eos_id, n, max_len)
+        greedy_words = decoder.greedy(visual, vocab.bos_id, vocab.eos_id, max_len) \
+            if sc.baseline == "greedy" else None
+    sampled = time.perf_counter()
+    rewards = reward.score_ids(np.repeat(image_ids, n), words.cpu().numpy(), vocab.words,
+                               vocab.eos_id, vocab.pad_id).reshape(-1, n)
+    greedy_rewards = None if greedy_words is None else reward.score_ids(
+        image_ids, greedy_words.cpu().numpy(), vocab.words, vocab.eos_id, vocab.pad_id)
+    advantages = rewards - baseline_rewards(rewards, sc.baseline, greedy_rewards)
+    scored = time.perf_counter()
+
+    inputs = torch.cat([torch.full_like(words[:, :1], vocab.bos_id), words[:, :-1]], dim=1)
+    with autocast(device, config.train.precision):
+        logits = forward(visual, inputs, n)
+    log_probs = token_log_probs(logits, words, vocab.pad_id, vocab.bos_id)
+    mask = candidate_mask(words, vocab.eos_id, vocab.pad_id)
+    loss = scst_loss(log_probs, mask, torch.from_numpy(advantages.reshape(-1)).to(device))
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {float(loss.detach())}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(decoder.parameters(), config.train.grad_clip)
+    optimizer.step()
+    return StepResult(float(loss.detach()), rewards, greedy_rewards, int(mask.sum()),
+                      sampled - started, scored - sampled, time.perf_counter() - scored)
+
+
+# -- the training loop ------------------------------------------------------------------------
+
+def _load_start(config: Config, device: torch.device) -> tuple[dict, Path]:
+    """The starting checkpoint: `scst.init_checkpoint` or the current XE best.pt."""
+    if config.scst.init_checkpoint:
+        path = Path(config.scst.init_checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"scst.init_checkpoint not found: {path}")
+    else:
+        path = train_stage(config).output
+        require_current(train_stage(config), config, "python -m train --xe-only")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+            raise KeyError("no 'model' and 'meta' entries")
+    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as err:
+        detail = " ".join(str(err).split())[:200]
+        raise RuntimeError(f"{path}: not a readable decoder checkpoint ({detail})") from None
+    return ckpt, path
+
+
+def _rewrite_log(log_path: Path, keep_scst_through: int) -> None:
+    """Drop `"phase": "scst"` records after epoch `keep_scst_through` (-1: all of them)."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        if not line:
+            continue
+        record = json.loads(line)
+        if record.get("phase") == "scst" and record["epoch"] > keep_scst_through:
+            continue
+        kept.append(line)
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(log_path)
+
+
+def train_scst(config: Config, force: bool = False, progress: bool = True,
+               resume: bool = False) -> list[str]:
+    """Self-critical training (or resume, or skip) after cross-entropy; returns the lines to
+    print. `resume` insists on continuing `train/scst/last.pt`; without it a matching
+    `last.pt` is continued and anything else starts over from the XE checkpoint."""
+    sc = config.scst
+    device = resolve_device(config.clip.device)
+    ranks = init_distributed(device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if ranks.world > 1:
+        dist.barrier()  # rank 0 may still be writing the XE manifest
+    if sc.n_samples < 1 or (sc.baseline == "mean" and sc.n_samples < 2):
+        raise ValueError(f"scst.n_samples must be >= {2 if sc.baseline == 'mean' else 1} with "
+                         f"baseline {sc.baseline!r}, got {sc.n_samples}")
+    if sc.init_checkpoint and not Path(sc.init_checkpoint).is_file():
+        raise FileNotFoundError(f"scst.init_checkpoint not found: {sc.init_checkpoint}")
+    spec = scst_stage(config)
+    stage_name = "python -m extract" if config.decoder.visual_input == "fsgr" else \
+        "python -m extract clip"
+    require_current(visual_stage(config), config, stage_name)
+    require_current(vocab_stage(config), config, "python -m extract vocab")
+    decision = decide(spec, config, force=force)
+    if decision.up_to_date:
+        return [f"train scst: {decision.reason}"]
+    start_ckpt, start_path = _load_start(config, device)
+    if ranks.world > 1:
+        dist.barrier()  # every rank has checked the old output before rank 0 removes it
+    if ranks.main:
+        remove_manifest(spec.output)  # from here on the old output is no longer complete
+    state = current_state(spec, config)
+    out_dir = spec.output.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.train.seed)
+
+    store_path, array = visual_stage(config).output, visual_array(config)
+    with FeatureStore.open(store_path) as store:
+        store_ids, valid = store.read("image_ids"), store.read("valid")
+        d_visual = int(store.array(array).shape[-1])
+    vocab = Vocabulary.load(vocab_stage(config).output)
+    meta = start_ckpt["meta"]
+    if (meta.get("d_visual"), meta.get("vocab_size")) != (d_visual, len(vocab)) or \
+            meta.get("visual_input", config.decoder.visual_input) != config.decoder.visual_input:
+        raise RuntimeError(f"{start_path} was trained on {meta.get('visual_input')} features of "
+                           f"width {meta.get('d_visual')} with {meta.get('vocab_size')} words; "
+                           f"this run has {config.decoder.visual_input} width {d_visual}, "
+                           f"{len(vocab)} words")
+    decoder = build_decoder(config, d_visual, len(vocab)).to(device)
+    try:
+        decoder.load_state_dict(start_ckpt["model"])  # memory prototypes included
+    except RuntimeError as err:
+        raise RuntimeError(f"{start_path} does not fit the [decoder]/[memory] config: "
+                           f"{str(err).splitlines()[0]}") from None
+    decoder.eval()  # for the whole run: no dropout, sampled policy == differentiated policy
+    memory = SelfMemory(decoder, config) if config.memory.self else None
+    forward: nn.Module = TeacherForced(decoder)
+    if ranks.world > 1:
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # prototypes are synced explicitly at each refresh
+            # segment vectors idle until prototypes exist (the XE start usually has them)
+            find_unused_parameters=config.memory.self
+            and not all(len(keys) for keys, _ in decoder.memory_prototypes()))
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=sc.lr, betas=(0.9, 0.98))
+
+    records = load_karpathy(config.data.karpathy_json, config.data.image_root)
+    max_words = config.data.max_caption_words
+    train_images = caption_samples(store_ids, valid, split_records(records, "train"), vocab,
+                                   max_words, per_image=1)
+    val_records = split_records(records, "val")
+    val_samples = caption_samples(store_ids, valid, val_records, vocab, max_words)
+    val_images = caption_samples(store_ids, valid, val_records, vocab, max_words, per_image=1)
+    if len(train_images) == 0 or len(val_samples) == 0:
+        raise ValueError("train scst needs readable train and val images in the cache")
+    reward, reward_note = load_reward(training_references(records), out_dir / "cider_df.npz")
+    batches = CacheBatches(store_path, [array], train_images, sc.batch_size,
+                           seed=config.train.seed, shuffle_buffer=config.train.shuffle_buffer,
+                           shard=(ranks.rank, ranks.world))
+    val_batches = CacheBatches(store_path, [array], val_samples, config.train.batch_size,
+                               shuffle=False)
+    val_image_batches = CacheBatches(store_path, [array], val_images, config.train.batch_size,
+                                     shuffle=False)
+    val_references = {r.image_id: list(r.captions) for r in val_records}
+
+    def validate() -> dict[str, float]:
+        def logits_of(batch: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+            with autocast(device, config.train.precision):
+                return decoder(batch[array].to(device), tokens[:, :-1])
+
+        def words_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            with autocast(device, config.train.precision):
+                return decoder.greedy(batch[array].to(device), vocab.bos_id, vocab.eos_id,
+                                      config.eval.max_length)
+
+        return validation_scores(val_batches, val_image_batches, logits_of, words_of,
+                                 val_references, store_ids, vocab, device)
+
+    best_meta = {"d_visual": d_visual, "vocab_size": len(vocab),
+                 "visual_input": config.decoder.visual_input}
+    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    log_path = train_dir(config) / "log.jsonl"
+    start_epoch, step, best_cider, stale_epochs, start_cider = 0, 0, -math.inf, 0, math.nan
+    lines: list[str] = []
+    if last.exists() and not force:
+        ckpt = torch.load(last, map_location=device, weights_only=True)
+        if ckpt["identity"] == state["identity"]:
+            decoder.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
+            if memory is not None:
+                memory.load_state(ckpt["memory"])
+            start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+            best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
+            start_cider = ckpt["start_cider"]
+            lines.append(f"train scst: resuming after epoch {start_epoch} (step {step})")
+    if resume and start_epoch == 0:
+        raise RuntimeError(f"--resume: {last} is missing or was written with another config "
+                           f"({decision.reason})")
+    if ranks.main:
+        lines.append(f"train scst: reward {reward_note}")
+        # SCST records of epochs not in last.pt (all of them when starting over) go
+        _rewrite_log(log_path, start_epoch if start_epoch else -1)
+    if start_epoch == 0:
+        if ranks.main:
+            record: dict[str, Any] = {"phase": "scst", "epoch": 0, "step": 0,
+                                      "start_checkpoint": str(start_path), **validate()}
+            start_cider = best_cider = record["val_cider"]
+            save_atomic({"model": decoder.state_dict(), "epoch": -1, "meta": best_meta,
+                         "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
+                        best)
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            plot_curves(log_path, train_dir(config) / "curves.png")
+            lines.append(f"train scst: start {start_path}: val loss {record['val_loss']:.3f}, "
+                         f"val CIDEr-D {start_cider:.3f}")
+        if ranks.world > 1:
+            flags = torch.tensor([best_cider, start_cider], dtype=torch.float64)
+            dist.broadcast(flags, 0)
+            best_cider, start_cider = float(flags[0]), float(flags[1])
+
+    n = sc.n_samples
+    stopped = "max_epochs"
+    for epoch in range(start_epoch, sc.max_epochs):
+        if stale_epochs >= sc.patience:
+            stopped = "early stop"
+            break
+        lr = scst_lr(sc.lr, epoch, sc.decay_every, sc.decay_factor)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        n_steps = batches.n_batches(epoch)
+        if ranks.world > 1:  # every rank must take the same number of steps
+            count = torch.tensor(n_steps)
+            dist.all_reduce(count, op=dist.ReduceOp.MIN)
+            n_steps = int(count)
+        started = time.perf_counter()
+        loss_sum = reward_sum = greedy_sum = 0.0
+        candidates_seen = words_sum = refreshes = 0
+        reward_s = sample_s = step_s = 0.0
+        bar = tqdm(total=n_steps, disable=not (progress and ranks.main), unit="batch",
+                   desc=f"scst {epoch + 1}/{sc.max_epochs}")
+        for i, batch in enumerate(batches.epoch(epoch)):
+            if i == n_steps:
+                break
+            step_started = time.perf_counter()
+            try:
+                result = scst_step(decoder, forward, optimizer, batch[array].to(device),
+                                   store_ids[batch["rows"].numpy()], reward, vocab, config,
+                                   device)
+            except NonFiniteLoss as err:
+                raise NonFiniteLoss(
+                    f"train scst: {err} at epoch {epoch + 1}, step {step + 1}; stopped, {last} "
+                    f"keeps the last good epoch (try a lower scst.lr)") from None
+            rewards, greedy_rewards = result.rewards, result.greedy_rewards
+            step += 1
+            if memory is not None:
+                memory.collect()
+                if memory.due(step):
+                    _refresh(memory, decoder, ranks)
+                    refreshes += 1
+            sample_s += result.sample_seconds
+            reward_s += result.reward_seconds
+            step_s += time.perf_counter() - step_started
+            loss_sum += result.loss
+            reward_sum += float(rewards.sum())
+            greedy_sum += 0.0 if greedy_rewards is None else float(greedy_rewards.sum())
+            candidates_seen += rewards.size
+            words_sum += result.words
+            bar.update(1)
+            bar.set_postfix(reward=f"{reward_sum / max(candidates_seen, 1):.3f}")
+        bar.close()
+        record = {"phase": "scst", "epoch": epoch + 1, "step": step,
+                  "scst_loss": loss_sum / max(n_steps, 1),
+                  "mean_reward": reward_sum / max(candidates_seen, 1),
+                  "mean_words": words_sum / max(candidates_seen, 1), "lr": lr,
+                  "prototype_refreshes": refreshes, "reward_seconds": reward_s,
+                  "sample_seconds": sample_s, "step_seconds": step_s}
+        if sc.baseline == "greedy":
+            record["mean_greedy_reward"] = greedy_sum / max(candidates_seen // n, 1)
+        if ranks.main:
+            record.update(validate())
+            record["seconds"] = time.perf_counter() - started
+            improved = record["val_cider"] > best_cider
+            best_cider = max(best_cider, record["val_cider"])
+            stale_epochs = 0 if improved else stale_epochs + 1
+            if improved:
+                save_atomic({"model": decoder.state_dict(), "epoch": epoch, "meta": best_meta,
+                             "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
+                            best)
+            save_atomic({"identity": state["identity"], "model": decoder.state_dict(),
+                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                         "cuda_rng": torch.cuda.get_rng_state(device)
+                         if device.type == "cuda" else None,
+                         "memory": memory.state() if memory is not None else {},
+                         "epoch": epoch, "step": step, "best_cider": best_cider,
+                         "stale_epochs": stale_epochs, "start_cider": start_cider}, last)
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            plot_curves(log_path, train_dir(config) / "curves.png")
+            lines.append(f"train scst: epoch {epoch + 1}: reward {record['mean_reward']:.3f} "
+                         f"({reward_s:.1f} s of {step_s:.1f} s in rewards), val loss "
+                         f"{record['val_loss']:.3f}, val CIDEr-D {record['val_cider']:.3f}"
+                         + (" (best)" if improved else ""))
+        if ranks.world > 1:
+            flags = torch.tensor([best_cider, float(stale_epochs)], dtype=torch.float64)
+            dist.broadcast(flags, 0)
+            best_cider, stale_epochs = float(flags[0]), int(flags[1])
+
+    if ranks.main:
+        best_ckpt = torch.load(best, map_location="cpu", weights_only=True)
+        best_epoch = best_ckpt["epoch"] + 1
+        write_manifest(spec, config, {"best_epoch": best_epoch, "val_cider_start": start_cider,
+                                      "val_cider": best_ckpt["val_cider"],
+                                      "val_loss": best_ckpt["val_loss"], "stopped": stopped,
+                                      "steps": step, "start_checkpoint": str(start_path)},
+                       state=state)
+        if best_epoch == 0:
+            lines.append(f"train scst: {stopped} after {step} steps; no epoch beat the start "
+                         f"(val CIDEr-D {start_cider:.3f}): {best} holds the starting weights")
+        else:
+            lines.append(f"train scst: {stopped} after {step} steps; best val CIDEr-D "
+                         f"{best_ckpt['val_cider']:.3f} (epoch {best_epoch}, start "
+                         f"{start_cider:.3f}) in {best}")
+    return lines
