@@ -14,8 +14,15 @@ Sections of the JSON report:
   on the GPU, so no data loading; memory-bank collection and prototype refresh not included)
   and `torch.cuda.max_memory_allocated()` (model, Adam state, activations, prototypes).
 
-`--cpu-smoke` runs only `train_step`, on CPU, with tiny sizes for 2 steps (no GPU needed).
-Later issues add their own sections.
+* `scst_step`: SCST steps (`bench/scst.py`'s `measure_scst_step`) of the same COCO-size
+  decoder and `[scst]` of `configs/coco.toml` (beam 5 candidates, mean baseline; 50 images,
+  256 tokens, 1024 prototypes, ~10k words), bf16: ms per step for candidates, CIDEr-D rewards
+  and the update, the rewards' share of the step, and the share pycocoevalcap's `CiderScorer`
+  would have on the same candidates (the figure that says how much a per-sample Python reward
+  would slow SCST down on this GPU).
+
+`--cpu-smoke` runs `train_step` and `scst_step` on CPU with tiny sizes for 2 steps (no GPU
+needed).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scst import measure_scst_step  # noqa: E402
 from bench.synthetic_images import write_image_set  # noqa: E402
 from extract.clip_features import extract_clip  # noqa: E402
 from shared.clip_model import create_clip, encode_images  # noqa: E402
@@ -162,32 +170,45 @@ def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, 
     }
 
 
+def check_scst_step(device: torch.device, visual_tokens: int, vocab_size: int, steps: int,
+                    overrides: list[str]) -> dict:
+    """Where an SCST step's time goes at the sizes of configs/coco.toml."""
+    config = load_config(REPO / "configs" / "coco.toml", [
+        "memory.self=true", 'train.precision="bf16"', *overrides])
+    return measure_scst_step(config, device, batch_images=config.scst.batch_size, steps=steps,
+                             images=20_000, vocab_size=vocab_size, patches=visual_tokens,
+                             dim=config.fsgr.d_model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--model", default="ViT-L-14")
-    parser.add_argument("--sections", default="extract_clip,train_step",
+    parser.add_argument("--sections", default="extract_clip,train_step,scst_step",
                         help="comma-separated sections to run")
     parser.add_argument("--train-visual-tokens", type=int, default=256)
     parser.add_argument("--train-vocab", type=int, default=10_000)
     parser.add_argument("--train-steps", type=int, default=50)
     parser.add_argument("--train-warmup", type=int, default=10)
+    parser.add_argument("--scst-steps", type=int, default=10)
     parser.add_argument("--train-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="config override for train_step on configs/coco.toml")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="only train_step, on CPU, tiny sizes, 2 steps (no GPU needed)")
     args = parser.parse_args()
     if args.cpu_smoke:
-        report = {"device": "cpu (smoke, tiny sizes)", "train_step": check_train_step(
-            torch.device("cpu"), 16, 200, 2, 0, [*SMOKE_OVERRIDES, *args.train_set])}
+        cpu, smoke = torch.device("cpu"), [*SMOKE_OVERRIDES, *args.train_set]
+        report = {"device": "cpu (smoke, tiny sizes)",
+                  "train_step": check_train_step(cpu, 16, 200, 2, 0, smoke),
+                  "scst_step": check_scst_step(cpu, 16, 200, 2, [*smoke, "scst.batch_size=4"])}
         print(json.dumps(report, indent=2))
         return
     if not torch.cuda.is_available():
         sys.exit("gpu-check: no CUDA GPU visible; run it on a GPU machine")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"extract_clip", "train_step"}
+    unknown = set(sections) - {"extract_clip", "train_step", "scst_step"}
     if unknown:
         sys.exit(f"gpu-check: unknown sections {sorted(unknown)}")
     report: dict = {"device": torch.cuda.get_device_name()}
@@ -198,6 +219,9 @@ def main() -> None:
         report["train_step"] = check_train_step(
             torch.device("cuda"), args.train_visual_tokens, args.train_vocab, args.train_steps,
             args.train_warmup, args.train_set)
+    if "scst_step" in sections:
+        report["scst_step"] = check_scst_step(torch.device("cuda"), args.train_visual_tokens,
+                                              args.train_vocab, args.scst_steps, args.train_set)
     print(json.dumps(report, indent=2))
 
 

@@ -13,7 +13,10 @@ COCO-like synthetic training set of `bench/cider.py` (`--images` x 5 references,
 vocabulary of its words seen at least 5 times; the <eos> logit is scaled (`--eos-scale`) so the
 random decoder's captions end at varied lengths instead of always running to the maximum.
 Each of `--steps` timed steps (after one warm-up) uses `--batch-images` distinct training
-images. Reports ms per step of each part and the share of the step spent in rewards.
+images. Reports ms per step of each part and the share of the step spent in rewards; and, side
+by side on the same candidates, the time pycocoevalcap's `CiderScorer` (with the same training
+document frequencies, `bench/cider.py`) takes for them and the share it would have had (its
+rewards are checked equal to ours to 1e-6).
 
     .venv/bin/python bench/scst.py [--batch-images 50] [--steps 10] [--set scst.n_samples=5]
 """
@@ -32,15 +35,96 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cider import synthetic_training_set  # noqa: E402
+from bench.cider import pycoco_fixed_df_reward, pycoco_training_df, \
+    synthetic_training_set  # noqa: E402
 from shared.cider_reward import CiderDReward  # noqa: E402
-from shared.config import load_config  # noqa: E402
+from shared.config import Config, load_config  # noqa: E402
 from shared.devices import resolve_device  # noqa: E402
 from shared.vocabulary import build_vocabulary  # noqa: E402
 from train.scst import TeacherForced, scst_step  # noqa: E402
 from train.trainer import build_decoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def measure_scst_step(config: Config, device: torch.device, batch_images: int = 50,
+                      steps: int = 10, images: int = 5000, vocab_size: int = 2000,
+                      patches: int = 64, dim: int = 128, eos_scale: float = 10.0,
+                      seed: int = 0) -> dict:
+    """Time `steps` SCST steps (after one warm-up) of `config`'s decoder on `device` with
+    random visual tokens [batch_images, patches, dim] and the synthetic training references;
+    returns ms per step of each part, the reward share, and pycocoevalcap's on the same
+    candidates (raises SystemExit when the two rewards differ by more than 1e-6)."""
+    refs, _, _ = synthetic_training_set(images, 5, vocab_size, seed)
+    vocab = build_vocabulary((r for rs in refs.values() for r in rs), min_count=5)
+    started = time.perf_counter()
+    reward = CiderDReward.from_references(refs)
+    build_s = time.perf_counter() - started
+
+    torch.manual_seed(seed)
+    decoder = build_decoder(config, dim, len(vocab)).to(device)
+    with torch.no_grad():
+        decoder.head.weight[vocab.eos_id] *= eos_scale
+    if config.memory.self:
+        m, d = config.memory.n_prototypes, config.decoder.d_model
+        decoder.set_memory_prototypes([(torch.randn(m, d, device=device),
+                                        torch.randn(m, d, device=device))
+                                       for _ in range(config.decoder.n_dec_layers)])
+    decoder.eval()
+    forward = TeacherForced(decoder)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=config.scst.lr, betas=(0.9, 0.98))
+    rng = np.random.default_rng(seed)
+    ids = np.array(sorted(refs))
+
+    pycoco_reward = pycoco_fixed_df_reward(refs, *pycoco_training_df(refs))
+    totals = {"sample": 0.0, "reward": 0.0, "update": 0.0, "step": 0.0, "pycoco_reward": 0.0}
+    words = candidates = 0
+    mean_reward = 0.0
+    for step in range(steps + 1):
+        image_ids = rng.choice(ids, size=batch_images, replace=False)
+        visual = torch.randn(batch_images, patches, dim, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = scst_step(decoder, forward, optimizer, visual, image_ids, reward, vocab,
+                           config, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        if step == 0:
+            continue  # warm-up
+        texts = []
+        for row in result.candidates.tolist():
+            row = row[:row.index(vocab.eos_id)] if vocab.eos_id in row else row
+            texts.append([vocab.words[i] for i in row if i != vocab.pad_id])
+        started = time.perf_counter()
+        theirs = pycoco_reward(np.repeat(image_ids, config.scst.n_samples), texts)
+        totals["pycoco_reward"] += time.perf_counter() - started
+        if not np.allclose(theirs, result.rewards.reshape(-1), rtol=0.0, atol=1e-6):
+            raise SystemExit("CIDEr-D reward differs from pycocoevalcap's on the same candidates")
+        totals["sample"] += result.sample_seconds
+        totals["reward"] += result.reward_seconds
+        totals["update"] += result.update_seconds
+        totals["step"] += elapsed
+        words += result.words
+        candidates += result.rewards.size
+        mean_reward += float(result.rewards.sum())
+    per_step = {f"{k}_ms_per_step": round(1000 * v / steps, 1) for k, v in totals.items()}
+    with_pycoco = totals["step"] - totals["reward"] + totals["pycoco_reward"]
+    sc = config.scst
+    return {
+        "device": str(device), "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(), "d_model": config.decoder.d_model,
+        "layers": config.decoder.n_dec_layers, "vocab": len(vocab),
+        "prototypes": config.memory.n_prototypes if config.memory.self else 0,
+        "images_per_step": batch_images, "candidates": sc.candidates,
+        "n_samples": sc.n_samples, "baseline": sc.baseline,
+        "max_length": config.eval.max_length, "steps": steps,
+        "reward_build_seconds": round(build_s, 2),
+        "mean_words_per_candidate": round(words / max(candidates, 1), 1),
+        "mean_reward": round(mean_reward / max(candidates, 1), 4), **per_step,
+        "reward_share": round(totals["reward"] / totals["step"], 4),
+        "pycoco_reward_share": round(totals["pycoco_reward"] / with_pycoco, 4)}
 
 
 def main() -> None:
@@ -61,69 +145,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = load_config(args.config, args.set)
-    device = resolve_device(args.device)
-
-    refs, _, _ = synthetic_training_set(args.images, 5, args.vocab, args.seed)
-    vocab = build_vocabulary((r for rs in refs.values() for r in rs), min_count=5)
-    started = time.perf_counter()
-    reward = CiderDReward.from_references(refs)
-    build_s = time.perf_counter() - started
-
-    torch.manual_seed(args.seed)
-    decoder = build_decoder(config, args.dim, len(vocab)).to(device)
-    with torch.no_grad():
-        decoder.head.weight[vocab.eos_id] *= args.eos_scale
-    if config.memory.self:
-        m, d = config.memory.n_prototypes, config.decoder.d_model
-        decoder.set_memory_prototypes([(torch.randn(m, d, device=device),
-                                        torch.randn(m, d, device=device))
-                                       for _ in range(config.decoder.n_dec_layers)])
-    decoder.eval()
-    forward = TeacherForced(decoder)
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=config.scst.lr, betas=(0.9, 0.98))
-    rng = np.random.default_rng(args.seed)
-    ids = np.array(sorted(refs))
-
-    totals = {"sample": 0.0, "reward": 0.0, "update": 0.0, "step": 0.0}
-    words = candidates = 0
-    mean_reward = 0.0
-    for step in range(args.steps + 1):
-        image_ids = rng.choice(ids, size=args.batch_images, replace=False)
-        visual = torch.randn(args.batch_images, args.patches, args.dim, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        result = scst_step(decoder, forward, optimizer, visual, image_ids, reward, vocab,
-                           config, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        if step == 0:
-            continue  # warm-up
-        totals["sample"] += result.sample_seconds
-        totals["reward"] += result.reward_seconds
-        totals["update"] += result.update_seconds
-        totals["step"] += elapsed
-        words += result.words
-        candidates += result.rewards.size
-        mean_reward += float(result.rewards.sum())
-    per_step = {f"{k}_ms_per_step": round(1000 * v / args.steps, 1) for k, v in totals.items()}
-    sc = config.scst
-    print(json.dumps({
-        "device": str(device), "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "d_model": config.decoder.d_model,
-        "layers": config.decoder.n_dec_layers, "vocab": len(vocab),
-        "prototypes": config.memory.n_prototypes if config.memory.self else 0,
-        "images_per_step": args.batch_images, "candidates": sc.candidates,
-        "n_samples": sc.n_samples, "baseline": sc.baseline,
-        "max_length": config.eval.max_length, "steps": args.steps,
-        "reward_build_seconds": round(build_s, 2),
-        "mean_words_per_candidate": round(words / max(candidates, 1), 1),
-        "mean_reward": round(mean_reward / max(candidates, 1), 4), **per_step,
-        "reward_share": round(totals["reward"] / totals["step"], 4)}, indent=2))
-    print(f"reward share of an SCST step: {100 * totals['reward'] / totals['step']:.1f}% "
-          f"({per_step['reward_ms_per_step']} of {per_step['step_ms_per_step']} ms)")
+    report = measure_scst_step(load_config(args.config, args.set), resolve_device(args.device),
+                               args.batch_images, args.steps, args.images, args.vocab,
+                               args.patches, args.dim, args.eos_scale, args.seed)
+    print(json.dumps(report, indent=2))
+    print(f"reward share of an SCST step: {100 * report['reward_share']:.1f}% "
+          f"({report['reward_ms_per_step']} of {report['step_ms_per_step']} ms); with "
+          f"pycocoevalcap's CiderScorer on the same candidates "
+          f"{report['pycoco_reward_ms_per_step']} ms, a share of "
+          f"{100 * report['pycoco_reward_share']:.1f}%")
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ class TrainConfig:
 class ScstConfig:
     """Self-critical sequence training after cross-entropy."""
 
-    enabled: bool = False            # SCST (issue 6) is not wired into `python -m train` yet
+    enabled: bool = True             # `python -m train` runs SCST after cross-entropy
     init_checkpoint: str = ""        # start from this XE checkpoint instead of train/best.pt
     candidates: str = "sample"       # "sample": n multinomial samples; "beam": top-n beams (M2)
     n_samples: int = 5

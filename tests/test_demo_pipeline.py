@@ -1,5 +1,5 @@
-"""`make demo`'s pipeline at test scale: `make all` (data, extract, cluster, train, eval) on a
-small demo set with few steps, through the Makefile, in a fresh run folder."""
+"""`make demo`'s pipeline at test scale: `make all` (data, extract, cluster, train with SCST,
+eval) on a small demo set with few steps, through the Makefile, in a fresh run folder."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ PIPELINE_SETS = ["train.max_epochs=1", "train.batch_size=25", "train.warmup_step
                  "memory.warmup_iterations=20", "memory.refresh_stride=15",
                  "memory.bank_iterations=20", "memory.bank_cap=2000", "memory.n_prototypes=16",
                  "memory.knn=4", "cluster.n_iter=5", "memory.n_cross_prototypes=16",
-                 "eval.batch_size=10"]
+                 "eval.batch_size=10", "scst.max_epochs=1"]
 
 
 def test_make_all_on_a_small_demo(demo_run, tmp_path) -> None:
@@ -28,7 +28,7 @@ def test_make_all_on_a_small_demo(demo_run, tmp_path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "up to date" in output  # demo data / tiny CLIP reused
-    for stage in ("extract encode", "cluster", "train", "evaluate captions"):
+    for stage in ("extract encode", "cluster", "train: ", "train scst: ", "evaluate captions"):
         assert stage in output, stage
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("evaluate report: ") and lines[-1].endswith("report.html")

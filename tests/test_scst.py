@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from shared.config import load_config
 from shared.manifest import read_manifest
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims
 from shared.stages import scst_stage, train_dir
-from tests.conftest import DEMO_CONFIG
+from tests.conftest import DEMO_CONFIG, REPO
 from tests.test_train import TRAIN_SETS
 from train.__main__ import app
 from train.trainer import NonFiniteLoss, train
@@ -290,3 +292,23 @@ def test_init_checkpoint(scst_run, tmp_path) -> None:
     assert any(line.startswith(f"train scst: start {start}:") for line in lines)
     assert "no epoch beat the start" in lines[-1]
     assert torch.load(scst_stage(own).output, weights_only=True)["epoch"] == -1
+
+
+def test_ddp_two_cpu_processes(scst_run) -> None:
+    """`torchrun -m train --scst-only` on 2 gloo processes: each rank draws candidates for its
+    own shard, gradients are averaged, rank 0 alone validates, logs and writes checkpoints."""
+    _, sets, _, _, _ = scst_run
+    sets = [*sets, "scst.max_epochs=1"]
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", "29518", "-m", "train", "--config", str(DEMO_CONFIG), "--force",
+            "--scst-only"]
+    for value in sets:
+        args += ["--set", value]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = load_config(DEMO_CONFIG, sets)
+    log = scst_log(config)
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert 3 <= log[1]["step"] <= 6  # each rank takes about half of the 10 batches
+    assert proc.stdout.count("train scst: start ") == 1  # printed by rank 0 only
+    assert read_manifest(scst_stage(config).output)["summary"]["steps"] == log[1]["step"]

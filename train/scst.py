@@ -244,10 +244,12 @@ class TeacherForced(nn.Module):
 
 @dataclass
 class StepResult:
-    """What one SCST step did: its loss, the rewards [images, n] (and of the greedy captions
-    with the greedy baseline), words scored, and where the time went."""
+    """What one SCST step did: its loss, the candidates (word ids [images * n, T]) and their
+    rewards [images, n] (and of the greedy captions with the greedy baseline), words scored,
+    and where the time went."""
 
     loss: float
+    candidates: np.ndarray
     rewards: np.ndarray
     greedy_rewards: np.ndarray | None
     words: int
@@ -274,7 +276,8 @@ def scst_step(decoder: CaptionDecoder, forward: nn.Module, optimizer: torch.opti
         greedy_words = decoder.greedy(visual, vocab.bos_id, vocab.eos_id, max_len) \
             if sc.baseline == "greedy" else None
     sampled = time.perf_counter()
-    rewards = reward.score_ids(np.repeat(image_ids, n), words.cpu().numpy(), vocab.words,
+    candidates = words.cpu().numpy()
+    rewards = reward.score_ids(np.repeat(image_ids, n), candidates, vocab.words,
                                vocab.eos_id, vocab.pad_id).reshape(-1, n)
     greedy_rewards = None if greedy_words is None else reward.score_ids(
         image_ids, greedy_words.cpu().numpy(), vocab.words, vocab.eos_id, vocab.pad_id)
@@ -293,8 +296,9 @@ def scst_step(decoder: CaptionDecoder, forward: nn.Module, optimizer: torch.opti
     loss.backward()
     nn.utils.clip_grad_norm_(decoder.parameters(), config.train.grad_clip)
     optimizer.step()
-    return StepResult(float(loss.detach()), rewards, greedy_rewards, int(mask.sum()),
-                      sampled - started, scored - sampled, time.perf_counter() - scored)
+    return StepResult(float(loss.detach()), candidates, rewards, greedy_rewards,
+                      int(mask.sum()), sampled - started, scored - sampled,
+                      time.perf_counter() - scored)
 
 
 # -- the training loop ------------------------------------------------------------------------
