@@ -57,6 +57,8 @@ status: setup
 bench: setup
 	$(PY) bench/extract.py
 	$(PY) bench/beam.py
+	$(PY) bench/cider.py
+	$(PY) bench/scst.py
 
 gpu-check: setup
 	$(PY) bench/gpu_check.py

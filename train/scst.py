@@ -72,7 +72,7 @@ from shared.validation import validation_scores
 from shared.vocabulary import Vocabulary, normalize_words
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
-from train.trainer import NonFiniteLoss, _refresh, build_decoder, init_distributed
+from train.trainer import NonFiniteLoss, build_decoder, init_distributed, refresh_prototypes
 
 __all__ = ["StepResult", "TeacherForced", "baseline_rewards", "beam_candidates",
            "candidate_mask", "load_reward", "sample_captions", "scst_loss", "scst_lr",
@@ -519,7 +519,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
             if memory is not None:
                 memory.collect()
                 if memory.due(step):
-                    _refresh(memory, decoder, ranks)
+                    refresh_prototypes(memory, decoder, ranks)
                     refreshes += 1
             sample_s += result.sample_seconds
             reward_s += result.reward_seconds

@@ -206,7 +206,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
             if memory is not None:
                 memory.collect()
                 if memory.due(step):
-                    _refresh(memory, decoder, ranks)
+                    refresh_prototypes(memory, decoder, ranks)
                     refreshes += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / (i + 1):.3f}")
@@ -270,7 +270,8 @@ def train(config: Config, force: bool = False, progress: bool = True,
     return lines
 
 
-def _refresh(memory: SelfMemory, decoder: CaptionDecoder, ranks: Ranks) -> None:
+def refresh_prototypes(memory: SelfMemory, decoder: CaptionDecoder, ranks: Ranks
+                       ) -> None:
     """Rebuild prototypes on rank 0 and give every rank the same ones."""
     if ranks.main:
         memory.refresh()
