@@ -8,7 +8,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(FAISS)
 
-.PHONY: setup java demo test data extract cluster train eval all clean bench gpu-check status
+.PHONY: setup java demo test data extract cluster train eval all ablation clean bench gpu-check status
 
 setup: $(STAMP) java
 
@@ -50,6 +50,24 @@ all: data extract cluster train eval
 
 demo: DATASET = demo
 demo: all
+
+# The research question on one dataset: CLIP or FSGR features, with or without PMA memory.
+# The main run (`make all`; FSGR + PMA in the shipped configs) is one row; the three others
+# train (XE + SCST) and
+# are scored under $(RUNS)/experiments/<name>/ on the same feature caches. RUNS must match
+# data.run_root/<data.name> when ARGS moves the runs.
+RUNS ?= runs/$(DATASET)
+define ablation_variant
+	$(PY) -m train --config $(CONFIG) $(ARGS) --set train.experiment=$(1) $(2)
+	$(PY) -m evaluate score --config $(CONFIG) $(ARGS) --set train.experiment=$(1) $(2)
+endef
+
+ablation: all
+	$(call ablation_variant,clip,--set decoder.visual_input=clip --set memory.self=false)
+	$(call ablation_variant,clip_pma,--set decoder.visual_input=clip --set memory.self=true)
+	$(call ablation_variant,fsgr,--set decoder.visual_input=fsgr --set memory.self=false)
+	$(PY) -m evaluate compare -o $(RUNS)/ablation CLIP=$(RUNS)/experiments/clip \
+	  CLIP+PMA=$(RUNS)/experiments/clip_pma FSGR=$(RUNS)/experiments/fsgr FSGR+PMA=$(RUNS)
 
 status: setup
 	$(PY) -m shared.status --config $(CONFIG)

@@ -1,11 +1,14 @@
-"""`make demo`'s pipeline at test scale: `make all` (data, extract, cluster, train with SCST,
-eval) on a small demo set with few steps, through the Makefile, in a fresh run folder."""
+"""`make demo`'s pipeline at test scale, through the Makefile, in a fresh run folder: `make
+ablation` runs `make all` (data, extract, cluster, train with SCST, eval) on a small demo set
+with few steps, then three more decoders and their comparison."""
 
 from __future__ import annotations
 
 import json
 import shlex
 import subprocess
+
+import torch
 
 from tests.conftest import REPO
 
@@ -16,26 +19,45 @@ PIPELINE_SETS = ["train.max_epochs=1", "train.batch_size=25", "train.warmup_step
                  "eval.batch_size=10", "scst.max_epochs=1"]
 
 
-def test_make_all_on_a_small_demo(demo_run, tmp_path) -> None:
+def test_make_ablation_on_a_small_demo(demo_run, tmp_path) -> None:
+    """`make ablation` = `make all` (the main FSGR + PMA run, up to its report), then the CLIP,
+    CLIP + PMA and FSGR decoders on the same caches, then one comparison table."""
     _, sets = demo_run  # the demo data and tiny CLIP exist: `make data` must skip them
+    runs = tmp_path / "runs" / "demo"
     sets = [*sets, f"data.run_root={json.dumps(str(tmp_path / 'runs'))}", *PIPELINE_SETS]
     args = " ".join(f"--set {shlex.quote(s)}" for s in sets)
     # --no-print-directory: under `make test` this make is a sub-make, which would otherwise
-    # print "make[1]: Leaving directory ..." after the report line
-    result = subprocess.run(["make", "--no-print-directory", "all", "DATASET=demo",
-                             f"ARGS={args}"], cwd=REPO, capture_output=True, text=True,
-                            timeout=900)
+    # print "make[1]: Leaving directory ..." lines
+    result = subprocess.run(["make", "--no-print-directory", "ablation", "DATASET=demo",
+                             f"ARGS={args}", f"RUNS={runs}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert "up to date" in output  # demo data / tiny CLIP reused
+    assert "demo data: up to date" in output and "tiny CLIP: up to date" in output
     for stage in ("extract encode", "cluster", "train: ", "train scst: ", "evaluate captions"):
         assert stage in output, stage
+    assert output.count("extract clip: creating") == output.count("extract encode: creating") \
+        == 1  # the three extra decoders reuse the caches
+
     lines = result.stdout.strip().splitlines()
-    assert lines[-1].startswith("evaluate report: ") and lines[-1].endswith("report.html")
-    report = lines[-1].removeprefix("evaluate report: ")
-    assert (tmp_path / "runs" / "demo" / "eval" / "test" / "report.html").samefile(report)
-    table = [line for line in lines if line.startswith("| demo/test |")]
-    assert table, "the metrics table is printed"
-    metrics = json.loads((tmp_path / "runs" / "demo" / "eval" / "test" / "metrics.json"
-                          ).read_text())["metrics"]
+    reports = [line for line in lines if line.startswith("evaluate report: ")]
+    assert len(reports) == 1 and reports[0].endswith("report.html")
+    report = reports[0].removeprefix("evaluate report: ")
+    assert (runs / "eval" / "test" / "report.html").samefile(report)
+    assert any(line.startswith("| demo/test |") for line in lines), "metrics table printed"
+    metrics = json.loads((runs / "eval" / "test" / "metrics.json").read_text())["metrics"]
     assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CHAIR_i", "CHAIR_s"} <= set(metrics)
+
+    table = (runs / "ablation.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == \
+        ["CLIP", "CLIP+PMA", "FSGR", "FSGR+PMA"]
+    assert (runs / "ablation.tex").is_file() and lines[-1].endswith("ablation.tex")
+    for name, visual_input, memory in (("clip", "clip", False), ("clip_pma", "clip", True),
+                                       ("fsgr", "fsgr", False)):
+        experiment = runs / "experiments" / name
+        assert (experiment / "eval" / "test" / "metrics.json").is_file()
+        meta = torch.load(experiment / "train" / "scst" / "best.pt", weights_only=True)["meta"]
+        assert meta["visual_input"] == visual_input
+        has_memory = any("memory_keys" in key for key in torch.load(
+            experiment / "train" / "best.pt", weights_only=True)["model"])
+        assert has_memory == memory
