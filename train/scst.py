@@ -55,21 +55,18 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from shared.cache_batches import CacheBatches, caption_samples
 from shared.cider_reward import CiderDReward, references_fingerprint
 from shared.config import Config
 from shared.devices import autocast, resolve_device
-from shared.feature_store import FeatureStore
-from shared.karpathy import ImageRecord, load_karpathy, split_records
+from shared.karpathy import ImageRecord, split_records
 from shared.manifest import current_state, decide, remove_manifest, require_current, \
     write_manifest
 from shared.models.beam_search import beam_search
 from shared.models.caption_decoder import CaptionDecoder
-from shared.stages import scst_stage, train_dir, train_stage, visual_array, visual_stage, \
-    vocab_stage
+from shared.stages import scst_stage, train_dir, train_stage, visual_stage, vocab_stage
 from shared.training_schedule import save_atomic
-from shared.validation import validation_scores
 from shared.vocabulary import Vocabulary, normalize_words
+from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
 from train.trainer import NonFiniteLoss, build_decoder, init_distributed, refresh_prototypes
@@ -375,11 +372,8 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.train.seed)
 
-    store_path, array = visual_stage(config).output, visual_array(config)
-    with FeatureStore.open(store_path) as store:
-        store_ids, valid = store.read("image_ids"), store.read("valid")
-        d_visual = int(store.array(array).shape[-1])
-    vocab = Vocabulary.load(vocab_stage(config).output)
+    cache = TrainingCache.open(config)
+    array, vocab, d_visual = cache.array, cache.vocab, cache.d_visual
     meta = start_ckpt["meta"]
     if (meta.get("d_visual"), meta.get("vocab_size")) != (d_visual, len(vocab)) or \
             meta.get("visual_input", config.decoder.visual_input) != config.decoder.visual_input:
@@ -405,37 +399,15 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
             and not all(len(keys) for keys, _ in decoder.memory_prototypes()))
     optimizer = torch.optim.Adam(decoder.parameters(), lr=sc.lr, betas=(0.9, 0.98))
 
-    records = load_karpathy(config.data.karpathy_json, config.data.image_root)
-    max_words = config.data.max_caption_words
-    train_images = caption_samples(store_ids, valid, split_records(records, "train"), vocab,
-                                   max_words, per_image=1)
-    val_records = split_records(records, "val")
-    val_samples = caption_samples(store_ids, valid, val_records, vocab, max_words)
-    val_images = caption_samples(store_ids, valid, val_records, vocab, max_words, per_image=1)
-    if len(train_images) == 0 or len(val_samples) == 0:
-        raise ValueError("train scst needs readable train and val images in the cache")
-    reward, reward_note = load_reward(training_references(records), out_dir / "cider_df.npz")
-    batches = CacheBatches(store_path, [array], train_images, sc.batch_size,
-                           seed=config.train.seed, shuffle_buffer=config.train.shuffle_buffer,
-                           shard=(ranks.rank, ranks.world))
-    val_batches = CacheBatches(store_path, [array], val_samples, config.train.batch_size,
-                               shuffle=False)
-    val_image_batches = CacheBatches(store_path, [array], val_images, config.train.batch_size,
-                                     shuffle=False)
-    val_references = {r.image_id: list(r.captions) for r in val_records}
-
-    def validate() -> dict[str, float]:
-        def logits_of(batch: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-            with autocast(device, config.train.precision):
-                return decoder(batch[array].to(device), tokens[:, :-1])
-
-        def words_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            with autocast(device, config.train.precision):
-                return decoder.greedy(batch[array].to(device), vocab.bos_id, vocab.eos_id,
-                                      config.eval.max_length)
-
-        return validation_scores(val_batches, val_image_batches, logits_of, words_of,
-                                 val_references, store_ids, vocab, device)
+    train_images = cache.samples("train", per_image=1)
+    if len(train_images) == 0:
+        raise ValueError(f"train scst: no readable train images in {cache.store_path}")
+    validate = make_validator(decoder, cache, config, device)
+    reward, reward_note = load_reward(training_references(cache.records),
+                                      out_dir / "cider_df.npz")
+    batches = cache.batches(train_images, sc.batch_size, seed=config.train.seed,
+                            shuffle_buffer=config.train.shuffle_buffer,
+                            shard=(ranks.rank, ranks.world))
 
     best_meta = {"d_visual": d_visual, "vocab_size": len(vocab),
                  "visual_input": config.decoder.visual_input}
@@ -508,7 +480,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
             step_started = time.perf_counter()
             try:
                 result = scst_step(decoder, forward, optimizer, batch[array].to(device),
-                                   store_ids[batch["rows"].numpy()], reward, vocab, config,
+                                   cache.image_ids[batch["rows"].numpy()], reward, vocab, config,
                                    device)
             except NonFiniteLoss as err:
                 raise NonFiniteLoss(

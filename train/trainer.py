@@ -23,21 +23,17 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from shared.cache_batches import CacheBatches, caption_samples
 from shared.config import Config
 from shared.devices import autocast, resolve_device
-from shared.feature_store import FeatureStore
-from shared.karpathy import load_karpathy, split_records
 from shared.manifest import (current_state, decide, remove_manifest, require_current,
                              write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.prototypes import read_feature_prototypes, read_memory_prototypes, write_banks
 from shared.stages import (cluster_activations_stage, cluster_features_stage,
                            memory_banks_path, memory_banks_stage,
-                           train_dir, train_stage, visual_array, visual_stage, vocab_stage)
+                           train_dir, train_stage, visual_stage, vocab_stage)
 from shared.training_schedule import lr_factor, save_atomic
-from shared.validation import validation_scores
-from shared.vocabulary import Vocabulary
+from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
 
@@ -109,11 +105,8 @@ def train(config: Config, force: bool = False, progress: bool = True,
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.train.seed)
 
-    store_path, array = visual_stage(config).output, visual_array(config)
-    with FeatureStore.open(store_path) as store:
-        store_ids, valid = store.read("image_ids"), store.read("valid")
-        d_visual = int(store.array(array).shape[-1])
-    vocab = Vocabulary.load(vocab_stage(config).output)
+    cache = TrainingCache.open(config)
+    array, vocab, d_visual = cache.array, cache.vocab, cache.d_visual
     decoder = build_decoder(config, d_visual, len(vocab)).to(device)
     if config.memory.cross:
         prototypes = read_feature_prototypes(cluster_features_stage(config).output)
@@ -131,22 +124,13 @@ def train(config: Config, force: bool = False, progress: bool = True,
             find_unused_parameters=config.memory.self)  # segment vectors idle until then
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.train.lr, betas=(0.9, 0.98))
 
-    records = load_karpathy(config.data.karpathy_json, config.data.image_root)
-    max_words = config.data.max_caption_words
-    train_samples = caption_samples(store_ids, valid, split_records(records, "train"), vocab,
-                                    max_words)
-    val_records = split_records(records, "val")
-    val_samples = caption_samples(store_ids, valid, val_records, vocab, max_words)
-    val_images = caption_samples(store_ids, valid, val_records, vocab, max_words, per_image=1)
-    if len(train_samples) == 0 or len(val_samples) == 0:
-        raise ValueError("train needs readable train and val images in the cache")
-    bs = config.train.batch_size
-    batches = CacheBatches(store_path, [array], train_samples, bs, seed=config.train.seed,
-                           shuffle_buffer=config.train.shuffle_buffer,
-                           shard=(ranks.rank, ranks.world))
-    val_batches = CacheBatches(store_path, [array], val_samples, bs, shuffle=False)
-    val_image_batches = CacheBatches(store_path, [array], val_images, bs, shuffle=False)
-    references = {r.image_id: list(r.captions) for r in val_records}
+    train_samples = cache.samples("train")
+    if len(train_samples) == 0:
+        raise ValueError(f"train: no readable train images in {cache.store_path}")
+    validate = make_validator(decoder, cache, config, device)
+    batches = cache.batches(train_samples, config.train.batch_size, seed=config.train.seed,
+                            shuffle_buffer=config.train.shuffle_buffer,
+                            shard=(ranks.rank, ranks.world))
 
     last, best, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
     start_epoch, step, best_cider, stale_epochs = 0, 0, -math.inf, 0
@@ -218,18 +202,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
                                   "seconds": time.perf_counter() - started}
         if ranks.main:
             decoder.eval()
-
-            def logits_of(batch: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-                with autocast(device, config.train.precision):
-                    return decoder(batch[array].to(device), tokens[:, :-1])
-
-            def words_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-                with autocast(device, config.train.precision):
-                    return decoder.greedy(batch[array].to(device), vocab.bos_id, vocab.eos_id,
-                                          config.eval.max_length)
-
-            record.update(validation_scores(val_batches, val_image_batches, logits_of, words_of,
-                                            references, store_ids, vocab, device))
+            record.update(validate())
             improved = record["val_cider"] > best_cider
             best_cider = max(best_cider, record["val_cider"])
             stale_epochs = 0 if improved else stale_epochs + 1
