@@ -53,9 +53,8 @@ demo: all
 
 # The research question on one dataset: CLIP or FSGR features, with or without PMA memory.
 # The main run (`make all`; FSGR + PMA in the shipped configs) is one row; the three others
-# train (XE + SCST) and
-# are scored under $(RUNS)/experiments/<name>/ on the same feature caches. RUNS must match
-# data.run_root/<data.name> when ARGS moves the runs.
+# train (XE + SCST) and are scored under $(RUNS)/experiments/<name>/ on the same feature
+# caches. RUNS must match data.run_root/<data.name> when ARGS moves the runs.
 RUNS ?= runs/$(DATASET)
 define ablation_variant
 	$(PY) -m train --config $(CONFIG) $(ARGS) --set train.experiment=$(1) $(2)

@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--train-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="config override for train_step on configs/coco.toml")
     parser.add_argument("--cpu-smoke", action="store_true",
-                        help="only train_step, on CPU, tiny sizes, 2 steps (no GPU needed)")
+                        help="train_step and scst_step on CPU, tiny sizes, 2 steps (no GPU)")
     args = parser.parse_args()
     if args.cpu_smoke:
         cpu, smoke = torch.device("cpu"), [*SMOKE_OVERRIDES, *args.train_set]

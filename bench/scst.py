@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cider import pycoco_fixed_df_reward, pycoco_training_df, \
     synthetic_training_set  # noqa: E402
-from shared.cider_reward import CiderDReward  # noqa: E402
+from shared.cider_reward import CiderDReward, ids_to_words  # noqa: E402
 from shared.config import Config, load_config  # noqa: E402
 from shared.devices import resolve_device  # noqa: E402
 from shared.vocabulary import build_vocabulary  # noqa: E402
@@ -93,10 +93,7 @@ def measure_scst_step(config: Config, device: torch.device, batch_images: int = 
         elapsed = time.perf_counter() - started
         if step == 0:
             continue  # warm-up
-        texts = []
-        for row in result.candidates.tolist():
-            row = row[:row.index(vocab.eos_id)] if vocab.eos_id in row else row
-            texts.append([vocab.words[i] for i in row if i != vocab.pad_id])
+        texts = ids_to_words(result.candidates, vocab.words, vocab.eos_id, vocab.pad_id)
         started = time.perf_counter()
         theirs = pycoco_reward(np.repeat(image_ids, config.scst.n_samples), texts)
         totals["pycoco_reward"] += time.perf_counter() - started

@@ -30,7 +30,7 @@ from shared.manifest import (current_state, decide, remove_manifest, require_cur
                              write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder
-from shared.training_schedule import lr_factor, save_atomic
+from shared.training_schedule import lr_factor, restore_state, resume_state, save_atomic
 from shared.validation import validation_scores
 from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
 from shared.vocabulary import Vocabulary
@@ -132,14 +132,10 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     log_path = out_dir / "fit_log.jsonl"
     start_epoch, step, best_cider = 0, 0, -math.inf
     lines = []
-    if last.exists() and not force:
-        ckpt = torch.load(last, map_location=device, weights_only=True)
-        if ckpt["identity"] == state["identity"]:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            start_epoch, step, best_cider = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_cider"]
-            lines.append(f"extract fit: resuming after epoch {ckpt['epoch'] + 1}")
+    ckpt = None if force else restore_state(last, state["identity"], model, optimizer, device)
+    if ckpt is not None:
+        start_epoch, step, best_cider = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_cider"]
+        lines.append(f"extract fit: resuming after epoch {ckpt['epoch'] + 1}")
     if start_epoch == 0:
         log_path.unlink(missing_ok=True)
     generator = torch.Generator().manual_seed(config.train.seed)
@@ -197,8 +193,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
             fh.write(json.dumps(record) + "\n")
         is_best = metrics["val_cider"] > best_cider
         best_cider = max(best_cider, metrics["val_cider"])
-        ckpt = {"identity": state["identity"], "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+        ckpt = {**resume_state(state["identity"], model, optimizer, device),
                 "epoch": epoch, "step": step, "best_cider": best_cider}
         if is_best:
             save_atomic({"model": model.state_dict(), "epoch": epoch, **metrics}, best)

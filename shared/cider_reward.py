@@ -87,6 +87,21 @@ def _search_segments(table: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     return table[lo] == keys, lo
 
 
+def ids_to_words(ids: np.ndarray, words: Sequence[str], eos_id: int | None = None,
+                 pad_id: int | None = None) -> list[list[str]]:
+    """Token-id captions [n, L] as word lists: each cut at its first `eos_id`, `pad_id`
+    dropped, ids mapped through `words` (the form `CiderDReward` scores)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"ids must be 2-d [n, L], got shape {ids.shape}")
+    captions = []
+    for row in ids.tolist():
+        if eos_id is not None and eos_id in row:
+            row = row[:row.index(eos_id)]
+        captions.append([words[i] for i in row if i != pad_id])
+    return captions
+
+
 class CiderDReward:
     """CIDEr-D of candidates against training references, with the training df (SCST reward)."""
 
@@ -308,15 +323,7 @@ class CiderDReward:
                   eos_id: int | None = None, pad_id: int | None = None) -> np.ndarray:
         """Score token-id captions [n, L]: cut at the first `eos_id`, drop `pad_id`, decode
         with `words[id]`, then `__call__`."""
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"ids must be 2-d [n, L], got shape {ids.shape}")
-        captions = []
-        for row in ids.tolist():
-            if eos_id is not None and eos_id in row:
-                row = row[:row.index(eos_id)]
-            captions.append([words[i] for i in row if i != pad_id])
-        return self(image_ids, captions)
+        return self(image_ids, ids_to_words(ids, words, eos_id, pad_id))
 
     # ------------------------------------------------------------------ cache
     def save(self, path: str | Path) -> None:

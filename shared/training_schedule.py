@@ -1,4 +1,5 @@
-"""What the two training loops (`extract fit`, `train`) share: lr schedule, atomic checkpoints."""
+"""What the training loops (`extract fit`, `train` XE and SCST) share: lr schedule, atomic
+checkpoints, and resuming a `last.pt` exactly (weights, optimizer, random state)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,34 @@ def lr_factor(step: int, epoch: int, warmup_steps: int, decay_every: int,
     """Linear warm-up over `warmup_steps`, then x`decay_factor` every `decay_every` epochs."""
     warm = min(1.0, (step + 1) / max(1, warmup_steps))
     return warm * decay_factor ** (epoch // max(1, decay_every))
+
+
+def resume_state(identity: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device) -> dict[str, Any]:
+    """The entries every `last.pt` holds to continue exactly: the run's identity, weights,
+    optimizer and the CPU (and CUDA) random state; the loop adds its own counters."""
+    return {"identity": identity, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_state(path: Path, identity: str, model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer, device: torch.device
+                  ) -> dict[str, Any] | None:
+    """Load `path` (a `resume_state` checkpoint) into `model`, `optimizer` and the random
+    state when it was written by the run `identity`; returns it for the loop's own entries,
+    or None (missing, or another run's: start over)."""
+    if not path.exists():
+        return None
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if ckpt["identity"] != identity:
+        return None
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
+    return ckpt
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:

@@ -64,7 +64,7 @@ from shared.manifest import current_state, decide, remove_manifest, require_curr
 from shared.models.beam_search import beam_search
 from shared.models.caption_decoder import CaptionDecoder
 from shared.stages import scst_stage, train_dir, train_stage, visual_stage, vocab_stage
-from shared.training_schedule import save_atomic
+from shared.training_schedule import restore_state, resume_state, save_atomic
 from shared.vocabulary import Vocabulary, normalize_words
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
@@ -303,9 +303,7 @@ def scst_step(decoder: CaptionDecoder, forward: nn.Module, optimizer: torch.opti
 def _load_start(config: Config, device: torch.device) -> tuple[dict, Path]:
     """The starting checkpoint: `scst.init_checkpoint` or the current XE best.pt."""
     if config.scst.init_checkpoint:
-        path = Path(config.scst.init_checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"scst.init_checkpoint not found: {path}")
+        path = Path(config.scst.init_checkpoint)  # existence checked by train_scst
     else:
         path = train_stage(config).output
         require_current(train_stage(config), config, "python -m train --xe-only")
@@ -415,20 +413,14 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     log_path = train_dir(config) / "log.jsonl"
     start_epoch, step, best_cider, stale_epochs, start_cider = 0, 0, -math.inf, 0, math.nan
     lines: list[str] = []
-    if last.exists() and not force:
-        ckpt = torch.load(last, map_location=device, weights_only=True)
-        if ckpt["identity"] == state["identity"]:
-            decoder.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
-            if memory is not None:
-                memory.load_state(ckpt["memory"])
-            start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
-            best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
-            start_cider = ckpt["start_cider"]
-            lines.append(f"train scst: resuming after epoch {start_epoch} (step {step})")
+    ckpt = None if force else restore_state(last, state["identity"], decoder, optimizer, device)
+    if ckpt is not None:
+        if memory is not None:
+            memory.load_state(ckpt["memory"])
+        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+        best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
+        start_cider = ckpt["start_cider"]
+        lines.append(f"train scst: resuming after epoch {start_epoch} (step {step})")
     if resume and start_epoch == 0:
         raise RuntimeError(f"--resume: {last} is missing or was written with another config "
                            f"({decision.reason})")
@@ -522,10 +514,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
                 save_atomic({"model": decoder.state_dict(), "epoch": epoch, "meta": best_meta,
                              "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
                             best)
-            save_atomic({"identity": state["identity"], "model": decoder.state_dict(),
-                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "cuda_rng": torch.cuda.get_rng_state(device)
-                         if device.type == "cuda" else None,
+            save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
                          "memory": memory.state() if memory is not None else {},
                          "epoch": epoch, "step": step, "best_cider": best_cider,
                          "stale_epochs": stale_epochs, "start_cider": start_cider}, last)

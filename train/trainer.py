@@ -32,7 +32,7 @@ from shared.prototypes import read_feature_prototypes, read_memory_prototypes, w
 from shared.stages import (cluster_activations_stage, cluster_features_stage,
                            memory_banks_path, memory_banks_stage,
                            train_dir, train_stage, visual_stage, vocab_stage)
-from shared.training_schedule import lr_factor, save_atomic
+from shared.training_schedule import lr_factor, restore_state, resume_state, save_atomic
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
@@ -135,17 +135,13 @@ def train(config: Config, force: bool = False, progress: bool = True,
     last, best, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
     start_epoch, step, best_cider, stale_epochs = 0, 0, -math.inf, 0
     lines: list[str] = []
-    if last.exists() and not force:
-        ckpt = torch.load(last, map_location=device, weights_only=True)
-        if ckpt["identity"] == state["identity"]:
-            decoder.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            if memory is not None:
-                memory.load_state(ckpt["memory"])
-            start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
-            best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
-            lines.append(f"train: resuming after epoch {start_epoch} (step {step})")
+    ckpt = None if force else restore_state(last, state["identity"], decoder, optimizer, device)
+    if ckpt is not None:
+        if memory is not None:
+            memory.load_state(ckpt["memory"])
+        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+        best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
+        lines.append(f"train: resuming after epoch {start_epoch} (step {step})")
     if resume and start_epoch == 0:
         raise RuntimeError(f"--resume: {last} is missing or was written with another config "
                            f"({decision.reason})")
@@ -212,8 +208,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
                                       "visual_input": config.decoder.visual_input},
                              "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
                             best)
-            save_atomic({"identity": state["identity"], "model": decoder.state_dict(),
-                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
                          "memory": memory.state() if memory is not None else {},
                          "epoch": epoch, "step": step, "best_cider": best_cider,
                          "stale_epochs": stale_epochs}, last)
