@@ -116,6 +116,7 @@ def measure_scst_step(config: Config, device: torch.device, batch_images: int = 
         "prototypes": config.memory.n_prototypes if config.memory.self else 0,
         "images_per_step": batch_images, "candidates": sc.candidates,
         "n_samples": sc.n_samples, "baseline": sc.baseline,
+        "loss_normalization": sc.loss_normalization,
         "max_length": config.eval.max_length, "steps": steps,
         "reward_build_seconds": round(build_s, 2),
         "mean_words_per_candidate": round(words / max(candidates, 1), 1),

@@ -22,7 +22,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 SPICE_LIB = Path(spice_module.__file__).resolve().parent / "lib"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-METRIC_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 
 
 @dataclass
@@ -64,8 +64,8 @@ def score_captions(candidates: dict[int, str], references: dict[int, list[str]],
     per_image: dict[int, dict[str, float]] = {i: {} for i in ids}
     notes: list[str] = []
     scorers: list[tuple[object, tuple[str, ...]]] = [
-        (Bleu(4), ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")), (Meteor(), ("METEOR",)),
-        (Rouge(), ("ROUGE-L",)), (Cider(), ("CIDEr",))]
+        (Bleu(4), ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")), (Meteor(), ("METEOR",)),
+        (Rouge(), ("ROUGE_L",)), (Cider(), ("CIDEr",))]
     reason = spice_missing() if spice else "SPICE skipped: eval.spice = false"
     if not reason:
         scorers.append((spice_module.Spice(), ("SPICE",)))

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from evaluate.metrics_table import latex_table, markdown_table
+from evaluate.signature import signature_line
 
 
 def metrics_file(run: str, split: str) -> tuple[str, Path]:
@@ -29,19 +30,33 @@ def metrics_file(run: str, split: str) -> tuple[str, Path]:
     return label, found
 
 
-def load_rows(runs: list[str], split: str) -> list[tuple[str, dict[str, float]]]:
-    """(label, metrics) of every RUN, in the given order."""
+def load_rows(runs: list[str], split: str) -> list[tuple[str, dict[str, float], str]]:
+    """(label, metrics, signature line) of every RUN, in the given order."""
     rows = []
     for run in runs:
         label, path = metrics_file(run, split)
         try:
-            rows.append((label, dict(json.loads(path.read_text())["metrics"])))
+            payload = json.loads(path.read_text())
+            rows.append((label, dict(payload["metrics"]), signature_line(payload)))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not an evaluation metrics file ({err})") from None
     return rows
 
 
+def signature_notes(rows: list[tuple[str, dict[str, float], str]]) -> list[str]:
+    """One line per row: its label and how the result was produced (its signature)."""
+    return [f"{label}: {line or 'no signature (scored before signatures existed)'}"
+            for label, _, line in rows]
+
+
 def compare_tables(runs: list[str], split: str = "test") -> tuple[str, str]:
-    """(markdown, LaTeX) tables of the runs; best value per column in bold."""
+    """(markdown, LaTeX) tables of the runs, best value per column in bold, each followed by
+    the signature of every row."""
     rows = load_rows(runs, split)
-    return markdown_table(rows, bold_best=True), latex_table(rows, bold_best=True)
+    table_rows = [(label, metrics) for label, metrics, _ in rows]
+    notes = signature_notes(rows)
+    markdown = markdown_table(table_rows, bold_best=True) + "\n\n" + "\n".join(
+        f"- `{note}`" for note in notes)
+    latex = latex_table(table_rows, bold_best=True) + "\n" + "\n".join(
+        f"% {note}" for note in notes)
+    return markdown, latex

@@ -1,14 +1,20 @@
-"""Metric tables as papers print them (scores x 100), in plain text, markdown and LaTeX."""
+"""Metric tables as papers print them (scores x 100), in plain text, markdown and LaTeX.
+
+Metric keys are pycocoevalcap's (`Bleu_1`..`Bleu_4`, `METEOR`, `ROUGE_L`, `CIDEr`, `SPICE`) and
+the CHAIR code's (`CHAIRs`, `CHAIRi`); the tables print short headers (B@4, C, CHs, ...).
+"""
 
 from __future__ import annotations
 
 from evaluate.coco_metrics import METRIC_ORDER
 
-COLUMN_ORDER = (*METRIC_ORDER, "CHAIR_s", "CHAIR_i", "CLIP-S", "RefCLIP-S")
-SHORT_NAMES = {"BLEU-1": "B@1", "BLEU-2": "B@2", "BLEU-3": "B@3", "BLEU-4": "B@4",
-               "METEOR": "M", "ROUGE-L": "R", "CIDEr": "C", "SPICE": "S",
-               "CHAIR_s": "CHs", "CHAIR_i": "CHi", "CLIP-S": "CLIP-S", "RefCLIP-S": "RefCLIP-S"}
-LOWER_IS_BETTER = {"CHAIR_s", "CHAIR_i"}
+COLUMN_ORDER = (*METRIC_ORDER, "CHAIRs", "CHAIRi", "CHAIRs_extended", "CHAIRi_extended",
+                "CLIP-S", "RefCLIP-S")
+SHORT_NAMES = {"Bleu_1": "B@1", "Bleu_2": "B@2", "Bleu_3": "B@3", "Bleu_4": "B@4",
+               "METEOR": "M", "ROUGE_L": "R", "CIDEr": "C", "SPICE": "S",
+               "CHAIRs": "CHs", "CHAIRi": "CHi", "CHAIRs_extended": "CHs-ext",
+               "CHAIRi_extended": "CHi-ext", "CLIP-S": "CLIP-S", "RefCLIP-S": "RefCLIP-S"}
+LOWER_IS_BETTER = {"CHAIRs", "CHAIRi", "CHAIRs_extended", "CHAIRi_extended"}
 
 
 def columns(metric_sets: list[dict[str, float]]) -> list[str]:

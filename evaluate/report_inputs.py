@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluate.report import Highlight, ReportImage, write_report
+from evaluate.signature import signature_line
 from extract.concepts import ConceptCodebook
 from shared.config import Config
 from shared.feature_store import FeatureStore
@@ -37,6 +38,7 @@ def build_report(config: Config, max_images: int = 0) -> Path:
                     f"decoder input {config.decoder.visual_input}, memory self="
                     f"{config.memory.self} cross={config.memory.cross}",
                     f"beam {decoding.get('beam_size')}, max length {decoding.get('max_length')}",
+                    *([f"signature {signature_line(metrics)}"] if signature_line(metrics) else []),
                     *metrics.get("notes", [])]
     return write_report(folder / "report.html",
                         title=f"{config.data.name} / {metrics['split']}: captions and metrics",

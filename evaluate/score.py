@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluate.chair import ObjectVocabulary, chair_scores, ground_truth_objects
+from evaluate.chair import chair_scores, ground_truth_objects, metric_names, vocabulary_of
 from evaluate.checkpoint import load_trained_decoder
 from evaluate.clip_score import clip_scores
 from evaluate.coco_metrics import score_captions
 from evaluate.decode_split import decode_records
 from evaluate.metrics_table import markdown_table
 from evaluate.references import reference_captions
+from evaluate.signature import result_signature, signature_line
 from shared.clip_model import create_clip
 from shared.config import Config
 from shared.devices import resolve_device
@@ -33,10 +34,11 @@ from shared.manifest import (decide, read_manifest, remove_manifest, require_cur
 from shared.stages import captions_stage, clip_stage, eval_dir, eval_stage
 
 
-def split_of(config: Config) -> list[ImageRecord]:
+def split_of(config: Config, dataset: list[ImageRecord] | None = None) -> list[ImageRecord]:
     """The records of `eval.split` (an error when the split is empty)."""
-    records = split_records(load_karpathy(config.data.karpathy_json, config.data.image_root),
-                            config.eval.split)
+    if dataset is None:
+        dataset = load_karpathy(config.data.karpathy_json, config.data.image_root)
+    records = split_records(dataset, config.eval.split)
     if not records:
         raise ValueError(f"{config.data.karpathy_json} has no images in split "
                          f"'{config.eval.split}' (eval.split)")
@@ -83,9 +85,11 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     decision = decide(spec, config, force=force)
     if decision.up_to_date:
         metrics = json.loads(spec.output.read_text())
-        return [captions_line, f"evaluate score: {decision.reason}", *summary_lines(config, metrics)]
+        return [captions_line, f"evaluate score: {decision.reason}",
+                *summary_lines(config, metrics)]
     remove_manifest(spec.output)
-    records = {r.image_id: r for r in split_of(config) if r.image_id in captions}
+    dataset = load_karpathy(config.data.karpathy_json, config.data.image_root)
+    records = {r.image_id: r for r in split_of(config, dataset) if r.image_id in captions}
     references = reference_captions(list(records.values()), config.data.captions_json)
     scores = score_captions(captions, references, spice=config.eval.spice)
     corpus, notes = dict(scores.corpus), list(scores.notes)
@@ -94,13 +98,14 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
             "references": references[i], "scores": scores.per_image[i]} for i in sorted(captions)}
 
     if config.data.instances_json:
-        vocab = ObjectVocabulary.from_instances(config.data.instances_json)
+        vocab = vocabulary_of(config.data.instances_json, config.eval.chair_vocabulary)
         truth = ground_truth_objects(config.data.instances_json, references, vocab)
         chair, chair_images = chair_scores(captions, truth, vocab)
-        corpus.update({"CHAIR_s": chair["CHAIR_s"], "CHAIR_i": chair["CHAIR_i"]})
+        names = metric_names(vocab.name)
+        corpus.update({name: chair[name] for name in names})
         for i, result in chair_images.items():
             per_image[i]["chair"] = result.to_json()
-        chair_counts = {k: v for k, v in chair.items() if not k.startswith("CHAIR")}
+        chair_counts = {k: v for k, v in chair.items() if k not in names}
     else:
         chair_counts = {}
         notes.append("CHAIR skipped: data.instances_json is empty")
@@ -109,7 +114,11 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
         ids = sorted(captions)
         corpus.update(_clip_scores(config, ids, captions, references, per_image))
 
+    train_images = len(split_records(dataset, "train"))  # restval included
+    signature = result_signature(config, len(captions), train_images,
+                                 chair_computed=bool(config.data.instances_json))
     metrics = {"split": config.eval.split, "images": len(captions), "metrics": corpus,
+               "signature": signature.to_json(),
                "chair_counts": chair_counts, "notes": notes,
                "decoding": {"beam_size": config.eval.beam_size,
                             "max_length": config.eval.max_length},
@@ -143,6 +152,7 @@ def summary_lines(config: Config, metrics: dict[str, Any]) -> list[str]:
     """Notes, the metric table (x 100) and where the outputs are."""
     label = f"{config.train.experiment or config.data.name}/{metrics['split']}"
     return [*metrics.get("notes", []), "",
-            markdown_table([(label, metrics["metrics"])]), "",
+            markdown_table([(label, metrics["metrics"])]),
+            *([f"signature: {signature_line(metrics)}"] if signature_line(metrics) else []), "",
             f"evaluate score: {metrics['images']} images; metrics in "
             f"{eval_dir(config) / 'metrics.json'} (scores x 100)"]

@@ -162,9 +162,11 @@ class ScstConfig:
 
     enabled: bool = True             # `python -m train` runs SCST after cross-entropy
     init_checkpoint: str = ""        # start from this XE checkpoint instead of train/best.pt
-    candidates: str = "sample"       # "sample": n multinomial samples; "beam": top-n beams (M2)
+    candidates: str = "beam"         # "beam": top-n beams (M2); "sample": n multinomial samples
     n_samples: int = 5
-    baseline: str = "mean"           # "mean" of the other candidates, or the "greedy" caption
+    baseline: str = "mean"           # "mean" of all n candidates (M2), "mean_others", "greedy"
+    loss_normalization: str = "max_length"  # summed log-prob / eval.max_length (M2), "tokens",
+                                            # "candidate"; see train.scst.scst_loss
     lr: float = 1e-5
     decay_every: int = 0             # epochs between lr decays (0: constant lr)
     decay_factor: float = 0.8
@@ -183,6 +185,7 @@ class EvalConfig:
     batch_size: int = 50
     spice: bool = True
     clipscore: bool = False
+    chair_vocabulary: str = "original"   # "original": Rohrbach et al.'s CHAIR; "extended": ours
 
 
 @dataclass
@@ -343,9 +346,11 @@ _CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "decoder.visual_input": ("fsgr", "clip"),
     "cluster.device": ("auto", "cpu", "cuda"),
-    "scst.baseline": ("mean", "greedy"),
+    "scst.baseline": ("mean", "mean_others", "greedy"),
+    "scst.loss_normalization": ("max_length", "tokens", "candidate"),
     "scst.candidates": ("sample", "beam"),
     "eval.split": ("train", "val", "test"),
+    "eval.chair_vocabulary": ("original", "extended"),
 }
 
 

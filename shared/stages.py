@@ -176,7 +176,8 @@ def memory_banks_stage(config: Config) -> StageSpec:
 
 
 CAPTIONS_KEYS = ["eval.split", "eval.beam_size", "eval.max_length", "data.max_caption_words"]
-SCORE_KEYS = ["eval.spice", "eval.clipscore", "data.captions_json", "data.instances_json"]
+SCORE_KEYS = ["eval.spice", "eval.clipscore", "eval.chair_vocabulary", "data.captions_json",
+              "data.instances_json"]
 
 
 def eval_dir(config: Config, split: str | None = None) -> Path:

@@ -46,11 +46,15 @@ def test_make_ablation_on_a_small_demo(demo_run, tmp_path) -> None:
     assert (runs / "eval" / "test" / "report.html").samefile(report)
     assert any(line.startswith("| demo/test |") for line in lines), "metrics table printed"
     metrics = json.loads((runs / "eval" / "test" / "metrics.json").read_text())["metrics"]
-    assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CHAIR_i", "CHAIR_s"} <= set(metrics)
+    assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "CHAIRi", "CHAIRs"} <= set(metrics)
 
-    table = (runs / "ablation.md").read_text().splitlines()
-    assert [row.split("|")[1].strip() for row in table[2:]] == \
+    table, signatures = (runs / "ablation.md").read_text().split("\n\n")
+    assert [row.split("|")[1].strip() for row in table.splitlines()[2:]] == \
         ["CLIP", "CLIP+PMA", "FSGR", "FSGR+PMA"]
+    assert [line.split(":")[0] for line in signatures.splitlines()] == \
+        ["- `CLIP", "- `CLIP+PMA", "- `FSGR", "- `FSGR+PMA"]
+    assert all("train:xe+scst|cand:beam5|base:mean|eos:loss|norm:max_length" in line
+               for line in signatures.splitlines())
     assert (runs / "ablation.tex").is_file() and lines[-1].endswith("ablation.tex")
     for name, visual_input, memory in (("clip", "clip", False), ("clip_pma", "clip", True),
                                        ("fsgr", "fsgr", False)):

@@ -24,7 +24,7 @@ EVAL_TRAIN_SETS = ["train.max_epochs=2", "train.batch_size=25", "train.warmup_st
                    "memory.bank_iterations=20", "memory.bank_cap=2000",
                    "memory.n_prototypes=16", "memory.knn=4", "eval.batch_size=8",
                    "scst.enabled=false"]
-CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,16 @@ def test_metrics_json_keys_and_ranges(scored) -> None:
     values = metrics["metrics"]
     for name in CAPTION_METRICS:
         assert 0.0 <= values[name] <= (10.0 if name == "CIDEr" else 1.0), name
-    assert values["BLEU-1"] > 0.3 and values["CIDEr"] > 0.05  # it learned something
-    assert 0.0 <= values["CHAIR_i"] <= 1.0 and 0.0 <= values["CHAIR_s"] <= 1.0
+    assert values["Bleu_1"] > 0.3 and values["CIDEr"] > 0.05  # it learned something
+    assert 0.0 <= values["CHAIRi"] <= 1.0 and 0.0 <= values["CHAIRs"] <= 1.0
     assert 0.0 < values["CLIP-S"] <= 2.5 and 0.0 < values["RefCLIP-S"] <= 2.5
     assert "SPICE" not in values and any(n.startswith("SPICE skipped") for n in metrics["notes"])
     assert metrics["decoding"] == {"beam_size": 5, "max_length": 20}
+    signature = metrics["signature"]
+    assert signature["line"] == (
+        "train:xe|beam:5|maxlen:20|split:test(30)|refs:captions_demo.json|chair:original")
+    assert signature["split_images"] == 30 and signature["training"] == "xe"
+    assert any(line == f"signature: {signature['line']}" for line in lines)
     captions = json.loads((folder / "captions.json").read_text())
     assert {c["image_id"] for c in captions} == test_ids
     assert all(isinstance(c["caption"], str) and c["caption"] for c in captions)
@@ -88,7 +93,7 @@ def test_spice_missing_is_one_line_and_other_metrics_stay(tmp_path, monkeypatch)
         {1: ["A red circle on the left.", "a red ball at the left side"]}, spice=True)
     assert len(result.notes) == 1 and result.notes[0].startswith("SPICE skipped:")
     assert "\n" not in result.notes[0]
-    assert set(result.corpus) == set(CAPTION_METRICS) and result.corpus["BLEU-1"] > 0.5
+    assert set(result.corpus) == set(CAPTION_METRICS) and result.corpus["Bleu_1"] > 0.5
 
 
 def test_report_has_every_image(scored) -> None:
@@ -141,6 +146,8 @@ def test_compare_two_runs(scored, tmp_path) -> None:
     assert latex.startswith(r"\begin{tabular}") and r"\textbf{" in latex
     cider = metrics["metrics"]["CIDEr"] * 2
     assert f"{100 * cider:.1f}" in markdown
+    line = metrics["signature"]["line"]
+    assert f"- `PMA: {line}`" in markdown and f"% half: {line}" in latex
     missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no metrics.json" in missing.output
 

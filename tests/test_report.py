@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 from evaluate.report import Highlight, ReportImage, crop_box, format_metric, write_report
 
 CONCEPT_WORDS = ["sky", "grass", "dog", "tree", "road", "water"]
-METRICS = {"BLEU-4": 0.3871, "CIDEr": 1.1534, "SPICE": 0.2245, "CHAIR_i": 0.0731,
-           "CHAIR_s": 0.1204, "n_images": 5}
+METRICS = {"Bleu_4": 0.3871, "CIDEr": 1.1534, "SPICE": 0.2245, "CHAIRi": 0.0731,
+           "CHAIRs": 0.1204, "n_images": 5}
 CAPTION_0 = "a dog & a <cat> sitting on a red sofa"
 CAPTION_3 = "two zebras next to a giraffe and a surfboard"
 MARK_BG = (0xFF, 0xC9, 0xC2)  # mark.hallucinated background in the page CSS
@@ -282,8 +282,8 @@ def test_curves_png_is_inlined(report) -> None:
 
 def test_metrics_table(report) -> None:
     text = report[0].read_text(encoding="utf-8")
-    for name, shown in [("CIDEr", "1.153"), ("BLEU-4", "0.387"), ("CHAIR_i", "7.31%"),
-                        ("CHAIR_s", "12.04%"), ("n_images", "5")]:
+    for name, shown in [("CIDEr", "1.153"), ("Bleu_4", "0.387"), ("CHAIRi", "7.31%"),
+                        ("CHAIRs", "12.04%"), ("n_images", "5")]:
         assert f"<th>{name}</th>" in text and f">{shown}</td>" in text
     assert format_metric("CIDEr", float("nan")) == format_metric("SPICE", None) == "n/a"
 

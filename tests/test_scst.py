@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import train.scst as scst
-from shared.config import load_config
+from shared.config import ConfigError, ScstConfig, hash_values, load_config
 from shared.manifest import read_manifest
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims
 from shared.stages import scst_stage, train_dir
@@ -27,8 +27,11 @@ from train.trainer import NonFiniteLoss, train
 # Small but reliable: 10 steps of 25 images x 5 beams per epoch, 6 epochs, from the 2-epoch XE
 # start. Offline, with train.seed 0-3 (each its own XE start, val CIDEr-D 0.46-0.67), the best
 # SCST epoch gained +0.24 to +0.50 (lr 2e-4: +0.16 to +0.40 over 8 epochs, and one seed lost
-# over 6). With sampled candidates the demo's greedy val CIDEr-D mostly falls at this scale
-# while the samples' reward rises (the policy learns to name more objects than it can see).
+# over 6), measured with the earlier loss (scst.baseline "mean_others", loss_normalization
+# "candidate"). Seed 0 again with M2's loss (the defaults "mean", "max_length"): 0.595 -> best
+# 0.977; earlier loss 0.992, "mean" + "tokens" 1.053 (one seed each). With sampled candidates
+# the demo's greedy val CIDEr-D mostly falls at this scale while the samples' reward rises (the
+# policy learns to name more objects than it can see).
 SCST_SETS = ["scst.enabled=true", "scst.candidates=\"beam\"", "scst.n_samples=5",
              "scst.batch_size=25",
              "scst.lr=4e-4", "scst.max_epochs=6", "scst.patience=6"]
@@ -39,18 +42,27 @@ PAD, BOS, EOS = 0, 1, 2
 
 def test_baselines_on_hand_numbers() -> None:
     rewards = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 2.0]])
-    mean = scst.baseline_rewards(rewards, "mean")
-    assert np.allclose(mean, [[2.5, 2.0, 1.5], [1.25, 1.25, 0.5]])  # mean of the other two
-    assert np.allclose((rewards - mean).sum(axis=1), 0.0)  # advantages cancel per image
+    mean = scst.baseline_rewards(rewards, "mean")  # M2: all three candidates, itself included
+    assert np.allclose(mean, [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]])
+    others = scst.baseline_rewards(rewards, "mean_others")  # Luo: the other two
+    assert np.allclose(others, [[2.5, 2.0, 1.5], [1.25, 1.25, 0.5]])
+    assert np.allclose(rewards - mean, [[-1.0, 0.0, 1.0], [-0.5, -0.5, 1.0]])
+    assert np.allclose(rewards - others, [[-1.5, 0.0, 1.5], [-0.75, -0.75, 1.5]])
+    # both cancel per image; M2's advantages are (n-1)/n = 2/3 of the mean-of-others ones
+    assert np.allclose((rewards - mean).sum(axis=1), 0.0)
+    assert np.allclose((rewards - others).sum(axis=1), 0.0)
     greedy = scst.baseline_rewards(rewards, "greedy", np.array([1.0, 0.2]))
     assert np.allclose(greedy, [[1.0, 1.0, 1.0], [0.2, 0.2, 0.2]])
-    with pytest.raises(ValueError, match="n_samples >= 2"):
-        scst.baseline_rewards(np.array([[1.0], [2.0]]), "mean")
+    for baseline in ("mean", "mean_others"):
+        with pytest.raises(ValueError, match="n_samples >= 2"):
+            scst.baseline_rewards(np.array([[1.0], [2.0]]), baseline)
     with pytest.raises(ValueError, match="greedy captions"):
         scst.baseline_rewards(rewards, "greedy")
+    with pytest.raises(ValueError, match="unknown baseline 'median'"):
+        scst.baseline_rewards(rewards, "median")
 
 
-def test_mask_and_loss_on_hand_numbers() -> None:
+def test_candidate_mask_on_hand_numbers() -> None:
     words = torch.tensor([[5, 6, EOS, PAD, PAD],
                           [5, EOS, 7, EOS, PAD],     # anything after the first <eos> is out
                           [5, 6, 7, 8, 9],           # max length reached, no <eos>
@@ -58,19 +70,88 @@ def test_mask_and_loss_on_hand_numbers() -> None:
     mask = scst.candidate_mask(words, EOS)
     assert mask.tolist() == [[True, True, True, False, False], [True, True, False, False, False],
                              [True] * 5, [True, False, False, False, False]]
-    log_probs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -2.0]])
-    hand_mask = torch.tensor([[True, True, False], [True, True, True]])
-    loss = scst.scst_loss(log_probs, hand_mask, torch.tensor([2.0, -1.0]))
-    # -mean(2 * (-1.5), -1 * (-1.0)) = -mean(-3, 1) = 1
-    assert float(loss) == pytest.approx(1.0)
     assert scst.scst_lr(1e-4, 5, 0, 0.5) == 1e-4 and scst.scst_lr(1e-4, 5, 2, 0.5) == 2.5e-5
 
 
-def _toy_expected_gradient(reward_of, baseline: str = "mean", normalise: bool = True,
+# 2 images x 2 candidates (image-major rows), written out. Counted words (<eos> included):
+# row 0: 2 words, log-probs -1.0 -2.0       -> sum -3.0
+# row 1: 3 words, log-probs -0.5 -0.5 -1.0  -> sum -2.0
+# row 2: 1 word,  log-prob  -4.0            -> sum -4.0
+# row 3: 4 words, log-probs -0.25 x 4       -> sum -1.0
+# (the masked-out entries hold junk that must not count)
+HAND_LOG_PROBS = torch.tensor([[-1.0, -2.0, -9.0, -9.0],
+                               [-0.5, -0.5, -1.0, -9.0],
+                               [-4.0, -9.0, -9.0, -9.0],
+                               [-0.25, -0.25, -0.25, -0.25]])
+HAND_MASK = torch.tensor([[True, True, False, False],
+                          [True, True, True, False],
+                          [True, False, False, False],
+                          [True, True, True, True]])
+HAND_ADVANTAGES = torch.tensor([0.5, -0.5, 1.0, -1.0])
+
+
+def test_loss_max_length_normalisation_on_hand_numbers() -> None:
+    """M2 / PMA-Net / FSGR: mean over the 4 candidates of -A x (summed log-prob / max_length)."""
+    # A x sum: 0.5 x -3 = -1.5; -0.5 x -2 = 1.0; 1 x -4 = -4.0; -1 x -1 = 1.0; total -3.5
+    # -(-3.5 / 4) / 20 = 0.04375
+    loss = scst.scst_loss(HAND_LOG_PROBS, HAND_MASK, HAND_ADVANTAGES, "max_length", 20)
+    assert float(loss) == pytest.approx(0.04375)
+    default = scst.scst_loss(HAND_LOG_PROBS, HAND_MASK, HAND_ADVANTAGES, max_length=20)
+    assert float(default) == pytest.approx(0.04375)  # the default normalisation
+    with pytest.raises(ValueError, match="max_length"):
+        scst.scst_loss(HAND_LOG_PROBS, HAND_MASK, HAND_ADVANTAGES, "max_length", None)
+    with pytest.raises(ValueError, match="max_length"):
+        scst.scst_loss(HAND_LOG_PROBS, HAND_MASK, HAND_ADVANTAGES, "max_length", 3)  # < 4 words
+
+
+def test_loss_tokens_normalisation_on_hand_numbers() -> None:
+    """self-critical.pytorch's RewardCriterion: -sum of A x summed log-prob / all counted words."""
+    # -(-3.5) / (2 + 3 + 1 + 4 = 10 words) = 0.35
+    loss = scst.scst_loss(HAND_LOG_PROBS, HAND_MASK, HAND_ADVANTAGES, "tokens", 20)
+    assert float(loss) == pytest.approx(0.35)
+
+
+def test_loss_candidate_normalisation_on_hand_numbers() -> None:
+    """Per-candidate mean token log-prob, mean over candidates (this module's old loss)."""
+    # A x mean log-prob: 0.5 x -1.5 = -0.75; -0.5 x -2/3 = 1/3; 1 x -4 = -4; -1 x -0.25 = 0.25
+    # total -4.1666...; -(total) / 4 = 1.0416666...
+    loss = scst.scst_loss(HAND_LOG_PROBS, HAND_MASK, HAND_ADVANTAGES, "candidate", 20)
+    assert float(loss) == pytest.approx(1.0416666666666667)
+    with pytest.raises(ValueError, match="unknown loss normalization 'sum'"):
+        scst.scst_loss(HAND_LOG_PROBS, HAND_MASK, HAND_ADVANTAGES, "sum", 20)
+
+
+def test_log_probs_and_sampling_in_float32_under_autocast(tiny_decoder, monkeypatch) -> None:
+    """bf16 logits (as `train.precision = "bf16"` gives) are cast to float32 before the
+    log_softmax of the loss and before the softmax / draw of sampling."""
+    logits = torch.randn(3, 4, 12).bfloat16()
+    words = torch.tensor([[5, 6, EOS, PAD], [7, EOS, PAD, PAD], [3, 4, 5, 6]])
+    log_probs = scst.token_log_probs(logits, words, PAD, BOS)
+    assert log_probs.dtype == torch.float32
+    assert torch.equal(log_probs, scst.token_log_probs(logits.float(), words, PAD, BOS))
+    drawn_from = []
+    multinomial, step = torch.multinomial, tiny_decoder.step
+
+    def spy(probs, *args, **kwargs):
+        drawn_from.append(probs.dtype)
+        return multinomial(probs, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    # the decoder's step already returns float32 on CPU; make it return what a bf16 one could
+    monkeypatch.setattr(tiny_decoder, "step", lambda *a: step(*a).bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sampled = scst.sample_captions(tiny_decoder, torch.randn(2, 5, 16), BOS, EOS, 2,
+                                       max_len=4, generator=torch.Generator().manual_seed(0))
+    assert drawn_from and set(drawn_from) == {torch.float32}
+    assert sampled.shape[0] == 4 and not (sampled == BOS).any()
+
+
+def _toy_expected_gradient(reward_of, baseline: str = "mean", normalization: str = "max_length",
                            shift: float = 0.0) -> float:
     """Exact E[d loss / d theta] for a toy policy: a content word (0 or 1, p = 1/2, reward-
     relevant only through `reward_of`), then 'continue' words with p = sigmoid(theta) until
-    <eos> or 5 words in all; two candidates per image, every pair of outcomes enumerated."""
+    <eos> or 5 words in all (max_length 5); two candidates per image, every pair of outcomes
+    enumerated. `baseline` "constant": `shift` above the expected reward 0.5 (greedy-like)."""
     theta = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     keep, stop, max_words = torch.sigmoid(theta), 1 - torch.sigmoid(theta), 5
     outcomes = []  # (probability, [max_words] token log-probs, mask, reward)
@@ -86,33 +167,84 @@ def _toy_expected_gradient(reward_of, baseline: str = "mean", normalise: bool = 
     total = torch.zeros((), dtype=torch.float64)
     for (p1, l1, m1, r1), (p2, l2, m2, r2) in itertools.product(outcomes, repeat=2):
         rewards = np.array([[r1, r2]])
-        if baseline == "mean":
-            base = scst.baseline_rewards(rewards, "mean")
-        else:  # a constant baseline `shift` above the expected reward (greedy-like)
+        if baseline == "constant":
             base = np.full_like(rewards, 0.5 + shift)
+        else:
+            base = scst.baseline_rewards(rewards, baseline)
         advantages = torch.from_numpy((rewards - base).reshape(-1))
         log_probs, mask = torch.stack([l1, l2]), torch.stack([m1, m2])
-        if normalise:
-            loss = scst.scst_loss(log_probs, mask, advantages)
-        else:
-            loss = -(advantages * (log_probs * mask).sum(1)).mean()
-        total = total + p1 * p2 * loss
+        total = total + p1 * p2 * scst.scst_loss(log_probs, mask, advantages, normalization,
+                                                 max_words)
     (grad,) = torch.autograd.grad(total, theta)
     return float(grad)
 
 
-def test_length_normalisation_does_not_favour_short_captions() -> None:
-    """Where the reward ignores length, the expected update leaves the length alone; where it
-    prefers long (short) captions, the update lengthens (shortens) them."""
-    content_only = _toy_expected_gradient(lambda length, content: float(content))
-    assert abs(content_only) < 1e-12
-    longer = _toy_expected_gradient(lambda length, content: content + 0.2 * length)
-    shorter = _toy_expected_gradient(lambda length, content: content - 0.2 * length)
+def content_only(length: int, content: int) -> float:
+    return float(content)
+
+
+def prefers_long(length: int, content: int) -> float:
+    return content + 0.2 * length
+
+
+def prefers_short(length: int, content: int) -> float:
+    return content - 0.2 * length
+
+
+@pytest.mark.parametrize("normalization", ["max_length", "tokens", "candidate"])
+@pytest.mark.parametrize("baseline", ["mean", "mean_others"])
+def test_no_length_preference_beyond_the_reward(normalization: str, baseline: str) -> None:
+    """With either mean baseline, none of the three normalisations favours short (or long)
+    captions in expectation where the reward ignores length; where the reward prefers long
+    (short) captions, the update lengthens (shortens) them."""
+    assert abs(_toy_expected_gradient(content_only, baseline, normalization)) < 1e-12
+    longer = _toy_expected_gradient(prefers_long, baseline, normalization)
+    shorter = _toy_expected_gradient(prefers_short, baseline, normalization)
     assert longer < -1e-3 and shorter > 1e-3  # gradient descent on theta: +keep / -keep
-    # the caveat of the docstring: a baseline above the mean reward (greedy-like) drifts toward
-    # long captions with normalised log-probs; with summed ones the drift is zero in expectation
-    assert _toy_expected_gradient(lambda n, c: float(c), "constant", True, 0.3) < -1e-3
-    assert abs(_toy_expected_gradient(lambda n, c: float(c), "constant", False, 0.3)) < 1e-12
+
+
+def test_mean_baselines_differ_by_a_factor() -> None:
+    """r - mean_all = (n-1)/n (r - mean_others): M2's expected update is half Luo's at n = 2."""
+    for normalization in ("max_length", "tokens", "candidate"):
+        for reward_of in (prefers_long, prefers_short):
+            assert _toy_expected_gradient(reward_of, "mean", normalization) == pytest.approx(
+                0.5 * _toy_expected_gradient(reward_of, "mean_others", normalization), rel=1e-9)
+
+
+def test_baseline_above_the_mean_reward() -> None:
+    """The caveat of `scst_loss`: a baseline above the mean reward (greedy-like) leaves the
+    constant-divisor "max_length" loss without length drift in expectation, while the
+    length-dependent divisors ("candidate", "tokens") drift toward long captions."""
+    assert abs(_toy_expected_gradient(content_only, "constant", "max_length", 0.3)) < 1e-12
+    assert _toy_expected_gradient(content_only, "constant", "candidate", 0.3) < -1e-3
+    assert _toy_expected_gradient(content_only, "constant", "tokens", 0.3) < -1e-3
+
+
+def test_config_choices_and_stage_identity(tmp_path) -> None:
+    """Defaults are M2's; an unknown normalisation is refused naming the key; both new
+    settings are part of the SCST stage's config (a change retrains SCST)."""
+    config = load_config(DEMO_CONFIG)
+    assert (config.scst.baseline, config.scst.loss_normalization) == ("mean", "max_length")
+    assert (ScstConfig().baseline, ScstConfig().loss_normalization) == ("mean", "max_length")
+    for value in ("max_length", "tokens", "candidate"):
+        assert load_config(DEMO_CONFIG, [f'scst.loss_normalization="{value}"']) \
+            .scst.loss_normalization == value
+    assert load_config(DEMO_CONFIG, ['scst.baseline="mean_others"']).scst.baseline == \
+        "mean_others"
+    with pytest.raises(ConfigError, match=r"config key 'scst\.loss_normalization' must be one "
+                                          r"of max_length, tokens, candidate, got 'sum'"):
+        load_config(DEMO_CONFIG, ['scst.loss_normalization="sum"'])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[scst]\nloss_normalization = "per_word"\n')
+    with pytest.raises(ConfigError, match=r"scst\.loss_normalization"):
+        load_config(bad)
+    keys = scst_stage(config).config_keys
+    other = load_config(DEMO_CONFIG, ['scst.loss_normalization="tokens"'])
+    assert config.select(keys)["scst.loss_normalization"] == "max_length"
+    assert other.select(keys)["scst.loss_normalization"] == "tokens"
+    assert hash_values(config.select(keys)) != hash_values(other.select(keys))
+    luo = load_config(DEMO_CONFIG, ['scst.baseline="mean_others"'])
+    assert hash_values(config.select(keys)) != hash_values(luo.select(keys))
 
 
 def test_reward_cache_follows_the_references(tmp_path) -> None:
@@ -212,6 +344,8 @@ def test_scst_raises_val_cider_over_its_xe_start(scst_run) -> None:
     xe_best = torch.load(train_dir(config) / "best.pt", weights_only=True)
     assert start == pytest.approx(xe_best["val_cider"], abs=1e-9)  # same validation as XE
     assert best > start + 0.1, [r["val_cider"] for r in log]
+    for record in log:  # every record names the loss it was trained with (M2's defaults)
+        assert (record["baseline"], record["loss_normalization"]) == ("mean", "max_length")
     for record in log[1:]:
         assert record["step"] == 10 * record["epoch"]
         assert 0.0 < record["mean_reward"] and 0.0 <= record["reward_seconds"] \
@@ -272,7 +406,7 @@ def test_resume_continues_exactly(scst_run, monkeypatch) -> None:
 
 def test_non_finite_loss_stops(scst_run, monkeypatch) -> None:
     config = scst_run[0]
-    monkeypatch.setattr(scst, "scst_loss", lambda *a: torch.tensor(float("nan")))
+    monkeypatch.setattr(scst, "scst_loss", lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLoss, match=r"train scst: loss is nan at epoch 1, step 1; "
                                             r"stopped, .*last\.pt keeps the last good epoch"):
         scst.train_scst(config, force=True, progress=False)

@@ -13,16 +13,24 @@ images (REINFORCE with a baseline, Rennie et al. 2017):
   `train/scst/cider_df.npz`). References are the Karpathy tokens through `normalize_words`
   (all words, also those outside the vocabulary); candidates are the vocabulary's words, with
   `<unk>` kept as a word that matches no reference (so emitting it is never rewarded).
-* baseline (`scst.baseline`): `"mean"`, for each candidate the mean reward of the other n-1
-  candidates of its image ("new self-critical", Luo 2020); `"greedy"`, the reward of the
-  image's greedy caption (Rennie et al. 2017).
-* loss: -mean over candidates of (reward - baseline) x the candidate's mean token
-  log-probability, tokens up to and including its first <eos> (so the model learns when to
-  stop); see `scst_loss` for why the length normalisation does not favour short captions.
+  `<eos>` is not a word of the reward on either side, as in M2 (its `decode` stops at
+  `<eos>`); it counts in the loss. Every result's signature says so (`eos:loss`).
+* baseline (`scst.baseline`): `"mean"`, the mean reward of all n candidates of the image, the
+  candidate itself included (M2 Transformer, PMA-Net, FSGR); `"mean_others"`, the mean reward
+  of the other n-1 candidates ("new self-critical", Luo 2020); `"greedy"`, the reward of the
+  image's greedy caption (Rennie et al. 2017). Both means need n >= 2.
+* loss: -(reward - baseline) x the candidate's summed log-probability of its words up to and
+  including its first <eos> (so the model learns when to stop), normalised as
+  `scst.loss_normalization` says: `"max_length"` (M2 / PMA-Net / FSGR: / `eval.max_length`,
+  mean over candidates), `"tokens"` (sum over the batch / its token count, self-critical.pytorch)
+  or `"candidate"` (the candidate's mean token log-probability, mean over candidates); see
+  `scst_loss` for what each reference does and what each does to caption length.
 
 The model stays in eval mode throughout (no dropout), so the policy the candidates are drawn
 from is exactly the one whose log-probabilities are differentiated; those log-probabilities
 renormalise over the words that can be generated (<pad>/<bos> excluded), as sampling does.
+(M2's `train_scst` differs here: it calls `model.train()`, so its beam search and the
+log-probabilities it differentiates run with dropout on, over the whole vocabulary.)
 (Beam candidates are not samples of the policy: that variant is M2's heuristic. On the small
 demo it is the one that raises greedy val CIDEr-D within a few epochs; with sampled candidates
 the samples' reward rises but greedy captions first get worse, see tests/test_scst.py.)
@@ -34,8 +42,9 @@ the teacher-forced forward feed `SelfMemory` and prototypes are refreshed on its
 Each epoch: validation exactly as in cross-entropy training (val loss, greedy CIDEr-D), then
 `train/scst/last.pt` (exact resume) and `train/scst/best.pt` (XE format), and a `"phase":
 "scst"` record in the shared `train/log.jsonl`, after an epoch-0 record of the starting
-weights. The starting weights count as a candidate for `best.pt` (epoch -1 there, epoch 0 in
-the log): if SCST never beats them, evaluation keeps the cross-entropy decoder.
+weights; every such record names its `baseline` and `loss_normalization`. The starting
+weights count as a candidate for `best.pt` (epoch -1 there, epoch 0 in the log): if SCST never
+beats them, evaluation keeps the cross-entropy decoder.
 """
 
 from __future__ import annotations
@@ -78,19 +87,27 @@ __all__ = ["StepResult", "TeacherForced", "baseline_rewards", "beam_candidates",
 
 # -- the pieces (pure functions, tested on their own) ----------------------------------------
 
+MEAN_BASELINES = ("mean", "mean_others")
+
+
 def baseline_rewards(rewards: np.ndarray, baseline: str,
                      greedy: np.ndarray | None = None) -> np.ndarray:
     """The baseline of every candidate, from `rewards` [images, n] (candidates of an image in
-    a row): `"mean"` = mean reward of the other n-1 candidates of the same image (needs
-    n >= 2); `"greedy"` = `greedy` [images], the reward of each image's greedy caption."""
+    a row): `"mean"` = mean reward of all n candidates of the image, itself included (M2's
+    `torch.mean(reward, -1, keepdim=True)`); `"mean_others"` = mean reward of the other n-1
+    (Luo 2020); both need n >= 2. `"greedy"` = `greedy` [images], the reward of each image's
+    greedy caption. Since r - mean_all = (n-1)/n x (r - mean_others), the two means give the
+    same update direction per image, M2's scaled by (n-1)/n."""
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.ndim != 2:
         raise ValueError(f"rewards must be [images, candidates], got shape {rewards.shape}")
     n = rewards.shape[1]
-    if baseline == "mean":
+    if baseline in MEAN_BASELINES:
         if n < 2:
-            raise ValueError("the mean baseline needs scst.n_samples >= 2 (it averages the "
-                             "other candidates of the image)")
+            raise ValueError(f"the {baseline} baseline needs scst.n_samples >= 2 (it "
+                             f"averages several candidates of the image)")
+        if baseline == "mean":
+            return np.repeat(rewards.mean(axis=1, keepdims=True), n, axis=1)
         return (rewards.sum(axis=1, keepdims=True) - rewards) / (n - 1)
     if baseline == "greedy":
         if greedy is None:
@@ -100,7 +117,7 @@ def baseline_rewards(rewards: np.ndarray, baseline: str,
             raise ValueError(f"{greedy.shape[0] if greedy.ndim else 0} greedy rewards for "
                              f"{rewards.shape[0]} images")
         return np.repeat(greedy[:, None], n, axis=1)
-    raise ValueError(f"unknown baseline {baseline!r} (expected mean or greedy)")
+    raise ValueError(f"unknown baseline {baseline!r} (expected mean, mean_others or greedy)")
 
 
 def candidate_mask(words: torch.Tensor, eos_id: int, pad_id: int = 0) -> torch.Tensor:
@@ -124,7 +141,8 @@ def sample_captions(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, 
     model's distribution (incremental decoding; <pad>/<bos> never drawn). Returns word ids
     [B * n_samples, <= max_len] without <bos>, rows image-major (image b: rows b*n .. b*n+n-1),
     <pad> after each row's first <eos>; a row without <eos> has `max_len` words. The caller
-    chooses the mode (eval: no dropout)."""
+    chooses the mode (eval: no dropout). The logits are cast to float32 before the softmax and
+    the draw, also under bf16/fp16 autocast."""
     pad_id = decoder.pad_id
     state = decoder.start_decoding(*decoder.encode(visual), repeat=n_samples)
     rows = visual.shape[0] * n_samples
@@ -157,37 +175,76 @@ def token_log_probs(logits: torch.Tensor, words: torch.Tensor, pad_id: int,
                     bos_id: int) -> torch.Tensor:
     """[N, T] log-probability of each word of `words` under next-word `logits` [N, T, V],
     renormalised over the words that can be generated (<pad>/<bos> excluded, as in sampling
-    and beam search); 0 at <pad> positions (which can never be generated)."""
-    logits = logits.float().clone()
+    and beam search); 0 at <pad> positions (which can never be generated). Computed in float32
+    whatever the dtype of `logits` (bf16/fp16 under autocast)."""
+    logits = logits.float().clone()  # float32 log_softmax; clone: never edit the caller's
     logits[..., [pad_id, bos_id]] = -torch.inf
     picked = F.log_softmax(logits, dim=-1).gather(-1, words[..., None])[..., 0]
     return torch.where(words == pad_id, torch.zeros_like(picked), picked)  # <pad>: -inf -> 0
 
 
-def scst_loss(log_probs: torch.Tensor, mask: torch.Tensor,
-              advantages: torch.Tensor) -> torch.Tensor:
-    """-mean over candidates of advantage x mean log-probability of the candidate's tokens.
+LOSS_NORMALIZATIONS = ("max_length", "tokens", "candidate")
+
+
+def scst_loss(log_probs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
+              normalization: str = "max_length", max_length: int | None = None) -> torch.Tensor:
+    """The self-critical loss -(sum over candidates i of A_i x S_i) / Z.
 
     `log_probs` [N, T] per word, `mask` [N, T] the words that count (up to and including the
-    first <eos>), `advantages` [N] = reward - baseline (no gradient).
+    first <eos>), `advantages` [N] = A_i = reward - baseline (no gradient); S_i = the sum of
+    candidate i's counted log-probabilities, |y_i| = its counted words (<eos> included).
+    `normalization` (`scst.loss_normalization`) chooses Z:
 
-    Length normalisation (as in Luo's "new self-critical" code): every candidate weighs the
-    same whatever its length, so long captions do not dominate the gradient and its scale does
-    not grow with caption length. It is no preference for short captions: in expectation the
-    update is E[(r(y) - b) g(y)] with g(y) = grad(log p(y)) / |y|. The mean-of-others baseline
-    b comes from the other, independent candidates of the image, so that is
-    E[r g] - E[r] E[g]: zero whenever the reward does not depend on what g depends on (the
-    length), and otherwise it moves the length the way the reward prefers (checked exactly on
-    an enumerable toy policy in tests/test_scst.py). The caveat: a baseline that sits above
-    the candidates' mean reward (typically the greedy one) leaves E[r - b] < 0, and then the
-    update, grad E[(r - b) / |y|] for a fixed b, favours *long* captions (a smaller 1/|y|
-    shrinks the negative term), a drift the unnormalised sum does not have in expectation;
-    the normalised loss goes with `baseline = "mean"`.
+    * `"max_length"`: Z = N x `max_length` (`eval.max_length`), i.e. the mean over candidates
+      of A_i x S_i / max_length. M2 Transformer's `train_scst`, reused by PMA-Net and FSGR:
+      `loss = -torch.mean(log_probs, -1) * (reward - reward_baseline); loss = loss.mean()`,
+      where `beam_search` returns log_probs [B, beam, max_len], the log-probability of each
+      chosen word, the first <eos>'s included (the mask is updated after that step) and 0
+      after it, so the mean over the last axis is S_i / max_len.
+    * `"tokens"`: Z = sum_i |y_i|, every counted word of the batch weighs the same.
+      self-critical.pytorch's `RewardCriterion` (and its `new_self_critical` structure loss)
+      with `reduction="mean"`: `sum(-logp * reward * mask) / sum(mask)`, the mask covering
+      each sample's words and its first <eos>.
+    * `"candidate"`: the mean over candidates of A_i x S_i / |y_i| (each candidate's mean
+      token log-probability). What those self-critical.pytorch losses give per sample with
+      `reduction="none"` (its drop_worst option), averaged; this module's loss before
+      `"max_length"` became the default.
+
+    Under DDP every rank normalises its own candidates and the gradients are averaged, so
+    `"tokens"` divides by each rank's token count, not the global one.
+
+    What each does to caption length, in expectation over sampled candidates (beam candidates
+    are not samples of the policy, so there all three are heuristics). `"max_length"` divides
+    by a constant: exactly the REINFORCE gradient E[(r - b) grad log p(y)] / max_length,
+    which prefers no length the reward does not prefer, whatever the baseline (only its
+    variance depends on it). With `"mean"` the baseline contains the candidate's own reward,
+    but r - mean_all = (n-1)/n x (r - mean_others), the mean of the other, independent
+    candidates, so it is still unbiased, scaled by (n-1)/n. `"candidate"` estimates
+    E[(r - b) g(y)] with g = grad(log p(y)) / |y|; with either mean baseline that is (up to
+    (n-1)/n) E[r g] - E[r] E[g]: zero whenever the reward does not depend on the length, and
+    otherwise it moves the length the way the reward prefers. Its caveat: a baseline that sits
+    above the candidates' mean reward (typically the greedy one) leaves E[r - b] < 0, and then
+    the update, grad E[(r - b) / |y|] for a fixed b, favours *long* captions (a smaller 1/|y|
+    shrinks the negative term). `"tokens"` divides by the batch's total length, which depends
+    on the candidates too: with the mean baselines it keeps no length preference where the
+    reward has none, and with a baseline above the mean reward it drifts toward long captions
+    like `"candidate"`, less so as the batch grows and its total length becomes a constant.
+    All of this is checked exactly on an enumerable toy policy in tests/test_scst.py.
     """
+    if normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"unknown loss normalization {normalization!r} (expected "
+                         f"{', '.join(LOSS_NORMALIZATIONS)})")
     counted = mask.to(log_probs.dtype)
     summed = torch.where(mask, log_probs, torch.zeros_like(log_probs)).sum(dim=1)
-    per_candidate = summed / counted.sum(dim=1).clamp(min=1.0)
-    return -(advantages.to(per_candidate.dtype) * per_candidate).mean()
+    weighted = advantages.to(summed.dtype) * summed
+    if normalization == "max_length":
+        if max_length is None or max_length < mask.shape[1]:
+            raise ValueError(f"the max_length normalization needs max_length >= the "
+                             f"{mask.shape[1]} words of the candidates, got {max_length}")
+        return -weighted.mean() / max_length
+    if normalization == "tokens":
+        return -weighted.sum() / counted.sum().clamp(min=1.0)
+    return -(weighted / counted.sum(dim=1).clamp(min=1.0)).mean()
 
 
 def scst_lr(base_lr: float, epoch: int, decay_every: int, decay_factor: float) -> float:
@@ -286,7 +343,8 @@ def scst_step(decoder: CaptionDecoder, forward: nn.Module, optimizer: torch.opti
         logits = forward(visual, inputs, n)
     log_probs = token_log_probs(logits, words, vocab.pad_id, vocab.bos_id)
     mask = candidate_mask(words, vocab.eos_id, vocab.pad_id)
-    loss = scst_loss(log_probs, mask, torch.from_numpy(advantages.reshape(-1)).to(device))
+    loss = scst_loss(log_probs, mask, torch.from_numpy(advantages.reshape(-1)).to(device),
+                     sc.loss_normalization, max_len)
     if not torch.isfinite(loss):
         raise NonFiniteLoss(f"loss is {float(loss.detach())}")
     optimizer.zero_grad(set_to_none=True)
@@ -347,9 +405,10 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
         torch.cuda.set_device(device)
     if ranks.world > 1:
         dist.barrier()  # rank 0 may still be writing the XE manifest
-    if sc.n_samples < 1 or (sc.baseline == "mean" and sc.n_samples < 2):
-        raise ValueError(f"scst.n_samples must be >= {2 if sc.baseline == 'mean' else 1} with "
-                         f"baseline {sc.baseline!r}, got {sc.n_samples}")
+    least = 2 if sc.baseline in MEAN_BASELINES else 1
+    if sc.n_samples < least:
+        raise ValueError(f"scst.n_samples must be >= {least} with baseline {sc.baseline!r}, "
+                         f"got {sc.n_samples}")
     if sc.init_checkpoint and not Path(sc.init_checkpoint).is_file():
         raise FileNotFoundError(f"scst.init_checkpoint not found: {sc.init_checkpoint}")
     spec = scst_stage(config)
@@ -411,6 +470,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
                  "visual_input": config.decoder.visual_input}
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     log_path = train_dir(config) / "log.jsonl"
+    settings = {"baseline": sc.baseline, "loss_normalization": sc.loss_normalization}
     start_epoch, step, best_cider, stale_epochs, start_cider = 0, 0, -math.inf, 0, math.nan
     lines: list[str] = []
     ckpt = None if force else restore_state(last, state["identity"], decoder, optimizer, device)
@@ -431,7 +491,8 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     if start_epoch == 0:
         if ranks.main:
             record: dict[str, Any] = {"phase": "scst", "epoch": 0, "step": 0,
-                                      "start_checkpoint": str(start_path), **validate()}
+                                      "start_checkpoint": str(start_path), **settings,
+                                      **validate()}
             start_cider = best_cider = record["val_cider"]
             save_atomic({"model": decoder.state_dict(), "epoch": -1, "meta": best_meta,
                          "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
@@ -496,7 +557,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
             bar.update(1)
             bar.set_postfix(reward=f"{reward_sum / max(candidates_seen, 1):.3f}")
         bar.close()
-        record = {"phase": "scst", "epoch": epoch + 1, "step": step,
+        record = {"phase": "scst", "epoch": epoch + 1, "step": step, **settings,
                   "scst_loss": loss_sum / max(n_steps, 1),
                   "mean_reward": reward_sum / max(candidates_seen, 1),
                   "mean_words": words_sum / max(candidates_seen, 1), "lr": lr,

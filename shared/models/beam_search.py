@@ -10,6 +10,12 @@ candidates survive. Decoding stops when every hypothesis of every image is finis
 `max_len` words. The decoder's memory prototypes are used exactly as in training (they are
 buffers of the model).
 
+Precision: both searches run with autocast switched off (`autocast_off`), so under
+`train.precision` bf16/fp16 they give exactly the captions and scores of fp32 mode (the
+decoder's float32 weights, float32 logits, float64 log-probabilities and scores). With only the
+head in float32, the bf16 sublayer outputs still moved scores by ~1e-3 and flipped the odd
+near-tie caption of a trained decoder (tests/test_precision.py).
+
 `beam_search_one` is the plain per-image version of the same algorithm, with Python lists of
 hypotheses; it is the reference the batched version is tested (and benchmarked) against.
 """
@@ -22,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from shared.models.caption_decoder import CaptionDecoder
+from shared.models.full_precision import autocast_off, full_precision
 
 
 @dataclass
@@ -38,10 +45,11 @@ class BeamResult:
 
 
 def next_word_log_probs(logits: torch.Tensor, pad_id: int, bos_id: int) -> torch.Tensor:
-    """float64 log-probabilities of the next word; <pad> and <bos> can never be generated."""
+    """float64 log-probabilities of the next word (outside autocast, whatever precision the
+    decoder runs in); <pad> and <bos> can never be generated."""
     logits = logits.double()
     logits[..., [pad_id, bos_id]] = -torch.inf
-    return F.log_softmax(logits, dim=-1)
+    return full_precision(F.log_softmax, logits, dim=-1)
 
 
 @torch.no_grad()
@@ -51,6 +59,12 @@ def beam_search(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, eos_
     """Batched beam search over visual tokens [B, Lv, d_visual]."""
     if beam_size < 1 or max_len < 1:
         raise ValueError(f"beam_size ({beam_size}) and max_len ({max_len}) must be >= 1")
+    with autocast_off(visual.device):
+        return _beam_search(decoder, visual, bos_id, eos_id, beam_size, max_len, visual_valid)
+
+
+def _beam_search(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, eos_id: int,
+                 beam_size: int, max_len: int, visual_valid: torch.Tensor | None) -> BeamResult:
     batch, device = visual.shape[0], visual.device
     state = decoder.start_decoding(*decoder.encode(visual, visual_valid), repeat=beam_size)
     tokens = torch.full((batch * beam_size, 1), bos_id, dtype=torch.long, device=device)
@@ -84,6 +98,12 @@ def beam_search_one(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, 
     Returns the hypotheses (word ids without <bos>, each ending at its first <eos>) and their
     scores, best first.
     """
+    with autocast_off(visual.device):
+        return _beam_search_one(decoder, visual, bos_id, eos_id, beam_size, max_len)
+
+
+def _beam_search_one(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, eos_id: int,
+                     beam_size: int, max_len: int) -> tuple[list[list[int]], list[float]]:
     encoded, allowed = decoder.encode(visual)
     hypotheses: list[tuple[list[int], float, bool]] = [([bos_id], 0.0, False)]
     for _ in range(max_len):

@@ -8,6 +8,10 @@ Memory (DESIGN.md §2, off by default): `self_memory` puts PMA-Net's `PrototypeM
 in every self-attention slot (same parameter names as `MultiHeadAttention`); `cross_memory`
 appends feature prototypes to the encoded visual tokens (`CrossMemory`). Prototypes are
 buffers, so they are saved with the weights and used by `greedy` as in training.
+
+Precision: under autocast (bf16/fp16) the output head (`logits`) still runs in float32 (or
+wider), so vocabulary logits are never bf16; `greedy` (validation) and `beam_search` run with
+autocast off altogether and give exactly the captions of fp32 mode.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shared.models.full_precision import autocast_off, full_precision
 from shared.models.memory_attention import CrossMemory, MultiHeadAttention, \
     PrototypeMemoryAttention
 
@@ -197,7 +202,12 @@ class CaptionDecoder(nn.Module):
         words = self.drop(self.word_embed(tokens) + self.positions[:length])
         for layer in self.layers:
             words = layer(words, visual, causal, visual_allowed, valid)
-        return self.head(words)
+        return self.logits(words)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head: vocabulary logits of decoder states [..., d_model], always in at
+        least float32 (outside autocast), so decoding ranks words the same under bf16/fp16."""
+        return full_precision(F.linear, hidden, self.head.weight, self.head.bias)
 
     def forward(self, visual: torch.Tensor, tokens: torch.Tensor,
                 visual_valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -213,15 +223,16 @@ class CaptionDecoder(nn.Module):
         return DecodeState([layer.start(visual, visual_allowed, repeat) for layer in self.layers])
 
     def step(self, words: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        """Next-word logits [N, V] after feeding `words` [N] at position `state.length`:
-        the same numbers as `decode(prefix)[:, -1]` without recomputing the prefix."""
+        """Next-word logits [N, V] (at least float32) after feeding `words` [N] at position
+        `state.length`: the same numbers as `decode(prefix)[:, -1]` without recomputing the
+        prefix."""
         if state.length >= self.dims.max_len:
             raise ValueError(f"caption length exceeds max_len {self.dims.max_len}")
         x = self.word_embed(words)[:, None] + self.positions[state.length]
         for layer, cache in zip(self.layers, state.layers):
             x = layer.step(x, cache)
         state.length += 1
-        return self.head(x[:, 0])
+        return self.logits(x[:, 0])
 
     # -- prototype memory -------------------------------------------------------------------
 
@@ -265,7 +276,13 @@ class CaptionDecoder(nn.Module):
     @torch.no_grad()
     def greedy(self, visual: torch.Tensor, bos_id: int, eos_id: int, max_len: int = 20
                ) -> torch.Tensor:
-        """Greedy decoding: word ids [B, <= max_len] (without <bos>), eos-padded."""
+        """Greedy decoding: word ids [B, <= max_len] (without <bos>), eos-padded. Runs with
+        autocast off: under bf16/fp16 the same captions as in fp32 mode."""
+        with autocast_off(visual.device):
+            return self._greedy(visual, bos_id, eos_id, max_len)
+
+    def _greedy(self, visual: torch.Tensor, bos_id: int, eos_id: int, max_len: int
+                ) -> torch.Tensor:
         state = self.start_decoding(*self.encode(visual))
         batch = visual.shape[0]
         tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=visual.device)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.models.full_precision import full_precision
+
 Grid = tuple[int, int]
 
 
@@ -50,6 +52,11 @@ class QuantizerOutput:
     topk_ids: Tensor  # [B, k] long
     patch_concept_logits: Tensor  # [B, P, k]
     pseudo_labels: Tensor  # [B, P] long
+
+
+def _cosines(patches: Tensor, concepts: Tensor) -> Tensor:
+    """[B, P, E] x [B, k, E] unit rows -> [B, P, k] cosines, in full precision."""
+    return full_precision(torch.einsum, "bpe,bke->bpk", patches, concepts)
 
 
 class SemanticQuantizer(nn.Module):
@@ -99,25 +106,30 @@ class SemanticQuantizer(nn.Module):
         if codebook.shape[0] == 0:
             raise RuntimeError("SemanticQuantizer has no codebook; call set_codebook first")
         k = min(self.top_k, codebook.shape[0])
-        image_sim = F.normalize(image_embed, dim=-1) @ codebook.T  # [B, C]
+        # Similarities, projections and the selection below run in full precision (outside
+        # autocast): top-k concepts, pseudo-labels and assignments do not depend on bf16/fp16.
+        image_sim = full_precision(torch.matmul, F.normalize(image_embed, dim=-1),
+                                   codebook.T)  # [B, C]
         topk_ids = image_sim.topk(k, dim=-1).indices  # [B, k]
         concept_k = codebook[topk_ids]  # [B, k, E]
 
-        patch_proj = patch_tokens @ self.visual_proj  # [B, P, E]
+        patch_proj = full_precision(torch.matmul, patch_tokens, self.visual_proj)  # [B, P, E]
         # Pseudo-labels come from frozen CLIP alone so the contrastive targets do not drift
         # with the adapter (identical to the eval assignment while the adapter is still zero).
         with torch.no_grad():
-            clip_cos = torch.einsum("bpe,bke->bpk", F.normalize(patch_proj, dim=-1), concept_k)
+            clip_cos = _cosines(F.normalize(patch_proj, dim=-1), concept_k)
             pseudo_labels = topk_ids.gather(1, clip_cos.argmax(-1))
 
-        query = F.normalize(patch_proj + self.adapter(patch_embedding), dim=-1)
+        adapted = full_precision(F.linear, patch_embedding, self.adapter.weight, self.adapter.bias)
+        query = F.normalize(patch_proj + adapted, dim=-1)
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        logits = scale * torch.einsum("bpe,bke->bpk", query, concept_k)  # [B, P, k]
+        logits = scale * _cosines(query, concept_k)  # [B, P, k]
         if self.training:
             assignment = F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)
         else:
             assignment = F.one_hot(logits.argmax(-1), k).to(logits.dtype)
-        bridged_map = F.normalize(assignment @ concept_k, dim=-1)  # [B, P, E]
+        bridged_map = F.normalize(full_precision(torch.matmul, assignment, concept_k),
+                                  dim=-1)  # [B, P, E]
         codebook_index = topk_ids.gather(1, assignment.argmax(-1))
         return QuantizerOutput(bridged_map, codebook_index, topk_ids, logits, pseudo_labels)
 
@@ -259,8 +271,10 @@ def supervised_contrastive_loss(features: Tensor, labels: Tensor, temperature: f
                                 generator: torch.Generator | None = None) -> Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, L_out) over features [N, D], labels [N].
 
-    Features are L2-normalised, similarities divided by ``temperature``; each anchor's
-    denominator runs over all other samples, its positives are the others with the same label.
+    Features are L2-normalised in float32, similarities computed in full precision (outside
+    autocast: in bf16 the logits ``cos / 0.07`` would be off by ~1e-2) and divided by
+    ``temperature``; each anchor's denominator runs over all other samples, its positives are
+    the others with the same label.
     Anchors without positives are ignored; the result is the mean over the remaining anchors
     (a zero that still carries a graph when there are none).
 
@@ -278,7 +292,7 @@ def supervised_contrastive_loss(features: Tensor, labels: Tensor, temperature: f
         anchors = anchors.to(feats.device)
     else:
         anchors = torch.arange(n, device=feats.device)
-    logits = feats[anchors] @ feats.T / temperature  # [A, N]
+    logits = full_precision(torch.matmul, feats[anchors], feats.T) / temperature  # [A, N]
     is_self = torch.zeros_like(logits, dtype=torch.bool)
     is_self[torch.arange(len(anchors), device=feats.device), anchors] = True
     positives = (labels[anchors, None] == labels[None, :]) & ~is_self
