@@ -21,8 +21,19 @@ Sections of the JSON report:
   would have on the same candidates (the figure that says how much a per-sample Python reward
   would slow SCST down on this GPU).
 
+* `resume`: the resume path on the GPU, at demo scale (a 150-image demo dataset, tiny CLIP
+  trained 1 epoch, `extract` on `cuda`): `extract fit`, XE (`memory.self`, prototypes refreshed
+  in both epochs) and SCST each run for one epoch, interrupted right after writing `last.pt`,
+  then re-run: each must say it resumes after epoch 1 and finish epoch 2. Per stage: whether the
+  CPU and CUDA random states equal the checkpoint's right after `restore_state`, the devices of
+  the weights, optimizer state and of the tensors in `last.pt`'s memory entry, and for XE the
+  prototype refreshes of the resumed epoch 2 (restored and new bank rows clustered together)
+  and its loss beside an uninterrupted run's (equal on CPU; GPU kernels need not be bitwise
+  deterministic). About a minute.
+
 `--cpu-smoke` runs `train_step` and `scst_step` on CPU with tiny sizes for 2 steps (no GPU
-needed).
+needed); `--cpu-smoke --sections resume` runs the `resume` section on CPU (a few minutes on a
+laptop CPU).
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from extract.clip_features import extract_clip  # noqa: E402
 from shared.clip_model import create_clip, encode_images  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.devices import autocast  # noqa: E402
+from shared.stages import train_dir  # noqa: E402
 from shared.models.caption_decoder import caption_loss  # noqa: E402
 from shared.vocabulary import SPECIALS  # noqa: E402
 from train.trainer import build_decoder  # noqa: E402
@@ -180,14 +192,147 @@ def check_scst_step(device: torch.device, visual_tokens: int, vocab_size: int, s
                              dim=config.fsgr.d_model)
 
 
+RESUME_SETS = ["demo.n_train=120", "demo.n_val=15", "demo.n_test=15", "demo.clip_epochs=1",
+               "demo.clip_batch_size=32", "clip.num_workers=0", "clip.batch_size=32",
+               "store.rows_per_chunk=16", "fsgr.epochs=2", "fsgr.concept_min_count=2",
+               "fsgr.warmup_steps=5", "train.max_epochs=2", "train.batch_size=25",
+               "train.warmup_steps=10", "memory.self=true", "memory.warmup_iterations=10",
+               "memory.refresh_stride=10", "memory.bank_iterations=20", "memory.bank_cap=2000",
+               "memory.n_prototypes=16", "memory.knn=4", "scst.max_epochs=2",
+               "scst.batch_size=25", "scst.n_samples=5", "scst.patience=5"]
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def _resume_stage(module: object, run, expect: str) -> dict:
+    """Run a stage interrupted right after its first `last.pt`, then again; what the second
+    run's `restore_state` restored, and where."""
+    import shared.training_schedule as schedule
+    seen: dict = {}
+    real_save, real_restore = module.save_atomic, schedule.restore_state
+
+    def save_then_stop(payload, path):  # noqa: ANN001
+        real_save(payload, path)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt("interrupted after the first epoch")
+
+    def spy(path, identity, model, optimizer, device):  # noqa: ANN001
+        ckpt = real_restore(path, identity, model, optimizer, device)
+        if ckpt is not None:
+            moved = [(p, v) for p, state in optimizer.state.items()
+                     for k, v in state.items() if torch.is_tensor(v) and k != "step"]
+            seen.update({
+                "cpu_rng_restored": torch.equal(torch.get_rng_state(), ckpt["torch_rng"]),
+                "cuda_rng_restored": torch.equal(torch.cuda.get_rng_state(device),
+                                                 ckpt["cuda_rng"])
+                if device.type == "cuda" else None,
+                "weights_on": sorted({str(p.device) for p in model.parameters()}),
+                "optimizer_state_on_param_device": all(v.device == p.device for p, v in moved),
+                "restored_memory_on": sorted({str(t.device)
+                                              for t in _tensors(ckpt.get("memory", {}))})})
+        return ckpt
+
+    started = time.perf_counter()
+    module.save_atomic = save_then_stop
+    try:
+        run(force=True)
+        raise RuntimeError("the first run was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        module.save_atomic = real_save
+    module.restore_state = spy
+    try:
+        lines = run(force=False)
+    finally:
+        module.restore_state = real_restore
+    return {"resumed": any(expect in line for line in lines), **seen,
+            "last_line": lines[-1], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _epoch_two(log: Path) -> dict:
+    """The XE record of epoch 2 in `log.jsonl`."""
+    records = [json.loads(line) for line in log.read_text().splitlines() if line]
+    return next(r for r in records if r.get("epoch") == 2 and "train_loss" in r)
+
+
+def check_resume(device: torch.device) -> dict:
+    """Interrupt `extract fit`, XE and SCST after their first epoch and resume them on
+    `device` (see the module docstring)."""
+    import extract.fsgr_fit as fsgr_fit
+    import train.scst as scst
+    import train.trainer as trainer
+    from extract.concepts import build_concepts
+    from extract.fsgr_encode import encode_fsgr
+    from extract.vocab_stage import build_vocab
+    from shared.datasets.demo_scenes import demo_overrides, prepare_demo_data
+    from shared.datasets.tiny_clip import train_tiny_clip
+
+    started = time.perf_counter()
+    report: dict = {"device": str(device)}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = load_config(REPO / "configs" / "demo.toml", [
+            *demo_overrides(root / "demo"), f"data.run_root={json.dumps(str(root / 'runs'))}",
+            f"clip.pretrained={json.dumps(str(root / 'demo' / 'tiny_clip.pt'))}",
+            f"clip.device={json.dumps(device.type)}", *RESUME_SETS])
+        prepare_demo_data(config)
+        train_tiny_clip(config, progress=False)
+        build_vocab(config)
+        assert extract_clip(config, progress=False).complete
+        build_concepts(config)
+        report["setup_seconds"] = round(time.perf_counter() - started, 1)
+        stages = [
+            ("extract_fit", fsgr_fit,
+             lambda force: fsgr_fit.fit_fsgr(config, force=force, progress=False),
+             "resuming after epoch 1"),
+            ("xe", trainer,
+             lambda force: trainer.train(config, force=force, progress=False),
+             "resuming after epoch 1"),
+            ("scst", scst,
+             lambda force: scst.train_scst(config, force=force, progress=False),
+             "resuming after epoch 1")]
+        for name, module, run, expect in stages:
+            try:
+                if name == "xe":
+                    run(force=True)  # uninterrupted, for the epoch-2 loss
+                    uninterrupted = _epoch_two(train_dir(config) / "log.jsonl")["train_loss"]
+                report[name] = _resume_stage(module, run, expect)
+                if name == "xe":  # refreshes after resuming: restored + new bank rows together
+                    resumed = _epoch_two(train_dir(config) / "log.jsonl")
+                    report[name].update({
+                        "epoch2_loss_uninterrupted": uninterrupted,
+                        "epoch2_loss_resumed": resumed["train_loss"],
+                        "epoch2_prototype_refreshes": resumed["prototype_refreshes"]})
+            except Exception as err:  # noqa: BLE001 - reported, then the stage run through
+                report[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+                if name != "scst":  # the next stage needs this one's output
+                    run(force=True)
+            if name == "extract_fit":
+                encode_fsgr(config, progress=False)
+    report["ok"] = all(report[name].get("resumed") for name, *_ in stages)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--model", default="ViT-L-14")
-    parser.add_argument("--sections", default="extract_clip,train_step,scst_step",
-                        help="comma-separated sections to run")
+    parser.add_argument("--sections", default=None,
+                        help="comma-separated sections to run (default: extract_clip,"
+                             "train_step,scst_step,resume; with --cpu-smoke: train_step,"
+                             "scst_step)")
     parser.add_argument("--train-visual-tokens", type=int, default=256)
     parser.add_argument("--train-vocab", type=int, default=10_000)
     parser.add_argument("--train-steps", type=int, default=50)
@@ -198,19 +343,27 @@ def main() -> None:
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="train_step and scst_step on CPU, tiny sizes, 2 steps (no GPU)")
     args = parser.parse_args()
+    known = ["extract_clip", "train_step", "scst_step", "resume"]
+    default = ["train_step", "scst_step"] if args.cpu_smoke else known
+    sections = default if args.sections is None else \
+        [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(known)
+    if unknown:
+        sys.exit(f"gpu-check: unknown sections {sorted(unknown)}")
     if args.cpu_smoke:
         cpu, smoke = torch.device("cpu"), [*SMOKE_OVERRIDES, *args.train_set]
-        report = {"device": "cpu (smoke, tiny sizes)",
-                  "train_step": check_train_step(cpu, 16, 200, 2, 0, smoke),
-                  "scst_step": check_scst_step(cpu, 16, 200, 2, [*smoke, "scst.batch_size=4"])}
+        report = {"device": "cpu (smoke, tiny sizes)"}
+        if "train_step" in sections:
+            report["train_step"] = check_train_step(cpu, 16, 200, 2, 0, smoke)
+        if "scst_step" in sections:
+            report["scst_step"] = check_scst_step(cpu, 16, 200, 2,
+                                                  [*smoke, "scst.batch_size=4"])
+        if "resume" in sections:
+            report["resume"] = check_resume(cpu)
         print(json.dumps(report, indent=2))
         return
     if not torch.cuda.is_available():
         sys.exit("gpu-check: no CUDA GPU visible; run it on a GPU machine")
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"extract_clip", "train_step", "scst_step"}
-    if unknown:
-        sys.exit(f"gpu-check: unknown sections {sorted(unknown)}")
     report: dict = {"device": torch.cuda.get_device_name()}
     if "extract_clip" in sections:
         report["extract_clip"] = check_extract(args.images, args.batch, args.workers,
@@ -222,6 +375,8 @@ def main() -> None:
     if "scst_step" in sections:
         report["scst_step"] = check_scst_step(torch.device("cuda"), args.train_visual_tokens,
                                               args.train_vocab, args.scst_steps, args.train_set)
+    if "resume" in sections:
+        report["resume"] = check_resume(torch.device("cuda"))
     print(json.dumps(report, indent=2))
 
 

@@ -13,7 +13,13 @@ clipping, Adam (memory-bank collection and prototype refresh are not part of it)
 * Streaming: `CacheBatches(store, ["features"], samples, batch_size, seed=0).epoch(0)` for K
   steps, timed from creating the iterator (thread start and shuffle-buffer fill included).
 * In memory: the SAME K batches, materialised beforehand from the same epoch iterator.
-The two alternate, best of `--repeats` each. Peak RSS: the streaming path over a whole epoch
+The two alternate, best of `--repeats` each.
+* Loader alone (`loader_only`): batches/s of `CacheBatches(...).epoch(0)` with nothing done
+  per batch, on a separate cache of `--loader-rows` images of `--loader-patches` x
+  `--loader-dim` float16 (COCO's FSGR cache: 256 x 512), 5 captions each, batch
+  `--loader-batch`, the default 2048-sample shuffle buffer; whole epochs, best of `--repeats`,
+  timed from creating the iterator.
+Peak RSS: the streaming path over a whole epoch
 (or `--rss-steps`) of the 1x and the 4x cache, each in a fresh subprocess: ru_maxrss per run
 (which includes start-up transients such as imports) and VmHWM reset just before streaming
 (after two warm-up steps), the peak of the streaming phase alone, and its growth over the RSS
@@ -21,6 +27,8 @@ at that point. Torch uses CPUs - 1 threads by default (`--threads`), leaving a c
 prefetch thread: on a small shared machine an oversubscribed OpenMP pool is many times slower.
 
     .venv/bin/python bench/train.py [--rows 512] [--patches 64] [--dim 256] [--steps 30]
+                                    [--loader-rows 2048] [--loader-patches 256] [--loader-dim 512]
+                                    [--loader-only]
 """
 
 from __future__ import annotations
@@ -193,6 +201,27 @@ def rss_only(args: argparse.Namespace) -> None:
                       "streaming_growth_mib": round(streaming_peak - before, 1)}))
 
 
+def loader_only(args: argparse.Namespace, path: Path) -> dict:
+    """Batches/s of the streaming loader alone (nothing done per batch), whole epochs."""
+    make_store(path, args.loader_rows, args.loader_patches, args.loader_dim,
+               args.rows_per_chunk, seed=2)
+    samples = make_samples(args.loader_rows, 20, args.vocab, seed=3)
+    seconds, count = [], 0
+    for _ in range(args.repeats):
+        # a fresh loader: the epoch's order is computed inside the timing, as in training
+        batches = CacheBatches(path, ["features"], samples, args.loader_batch, seed=0)
+        start = time.perf_counter()
+        count = sum(1 for _ in batches.epoch(0))
+        seconds.append(time.perf_counter() - start)
+    batch_mib = args.loader_batch * args.loader_patches * args.loader_dim * 2 / 2**20
+    return {"rows": args.loader_rows, "patches": args.loader_patches, "dim": args.loader_dim,
+            "dtype": "float16", "batch_size": args.loader_batch,
+            "captions_per_image": CAPTIONS_PER_IMAGE, "shuffle_buffer": batches.shuffle_buffer,
+            "batches": count, "seconds": [round(s, 3) for s in seconds],
+            "batches_per_s": round(count / min(seconds), 1),
+            "feature_mib_per_s": round(count * batch_mib / min(seconds), 1)}
+
+
 def run_child(args: argparse.Namespace, store: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-only", "--store", str(store),
            "--dim", str(args.dim), "--vocab", str(args.vocab),
@@ -219,6 +248,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rss-steps", type=int, default=0,
                         help="steps per RSS run (0: the whole epoch)")
+    parser.add_argument("--loader-rows", type=int, default=2048,
+                        help="images in the loader-only cache (0: skip that measurement)")
+    parser.add_argument("--loader-patches", type=int, default=256)
+    parser.add_argument("--loader-dim", type=int, default=512)
+    parser.add_argument("--loader-batch", type=int, default=50)
+    parser.add_argument("--loader-only", action="store_true",
+                        help="only the loader-alone measurement")
     parser.add_argument("--no-memory", action="store_true", help="memory.self=false")
     parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
                         help="train.precision (default: the config's, 'auto' = fp32 on CPU)")
@@ -232,6 +268,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.rss_only:
         rss_only(args)
+        return
+
+    if args.loader_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps({"cpus": os.cpu_count(),
+                              "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+                              "loader_only": loader_only(args, Path(tmp) / "loader.zarr")},
+                             indent=2))
         return
 
     config = build_config(args)
@@ -273,6 +317,7 @@ def main() -> None:
         stream_sps, memory_sps = steps / min(stream_s), steps / min(memory_s)
 
         rss_small, rss_large = run_child(args, small), run_child(args, large)
+        loader = loader_only(args, Path(tmp) / "loader.zarr") if args.loader_rows else None
 
     print(json.dumps({
         "rows": args.rows, "patches": args.patches, "dim": args.dim,
@@ -290,6 +335,7 @@ def main() -> None:
         "ratio_streaming_over_memory": round(stream_sps / memory_sps, 3),
         "streaming_seconds": [round(s, 3) for s in stream_s],
         "in_memory_seconds": [round(s, 3) for s in memory_s],
+        "loader_only": loader,
         "rss": {
             "x1": rss_small, f"x{args.scale}": rss_large,
             "peak_rss_ratio_large_over_small": round(

@@ -13,8 +13,13 @@ makes these prototypes stale when a new dump is written (without one, the file's
 
 Output: `runs/<ds>/prototypes/memory.npz` in the same layout with m = `memory.n_prototypes` rows
 per layer, float32 (`shared.prototypes.read_memory_prototypes`): M_K = K-Means centroids of the
-layer's keys (fitted on at most `cluster.max_points` of them), M_V = mean of the values whose keys
-are the `memory.knn` nearest neighbours of each centroid in the whole bank.
+layer's keys (fitted on at most `cluster.max_points` of them, FAISS's seeded sub-sample of
+m x (cluster.max_points // m) keys), M_V = mean of the values whose keys are the `memory.knn`
+nearest neighbours of each centroid in the whole bank; the reported inertia is over the whole
+bank.
+
+The dump's identity is the training run's (`shared.stages.memory_banks_stage`: the train
+stage's config keys and inputs), so banks from another run make these prototypes stale.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from evaluate.metrics_table import latex_table, markdown_table
 from evaluate.signature import signature_line
@@ -30,33 +31,35 @@ def metrics_file(run: str, split: str) -> tuple[str, Path]:
     return label, found
 
 
-def load_rows(runs: list[str], split: str) -> list[tuple[str, dict[str, float], str]]:
-    """(label, metrics, signature line) of every RUN, in the given order."""
+def load_rows(runs: list[str], split: str) -> list[tuple[str, dict[str, Any]]]:
+    """(label, metrics.json payload) of every RUN, in the given order."""
     rows = []
     for run in runs:
         label, path = metrics_file(run, split)
         try:
             payload = json.loads(path.read_text())
-            rows.append((label, dict(payload["metrics"]), signature_line(payload)))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            dict(payload["metrics"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not an evaluation metrics file ({err})") from None
+        rows.append((label, payload))
     return rows
 
 
-def signature_notes(rows: list[tuple[str, dict[str, float], str]]) -> list[str]:
+def signature_notes(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """One line per row: its label and how the result was produced (its signature)."""
-    return [f"{label}: {line or 'no signature (scored before signatures existed)'}"
-            for label, _, line in rows]
+    missing = "no signature (scored before signatures existed)"
+    return [f"{label}: {signature_line(payload) or missing}" for label, payload in rows]
 
 
 def compare_tables(runs: list[str], split: str = "test") -> tuple[str, str]:
-    """(markdown, LaTeX) tables of the runs, best value per column in bold, each followed by
-    the signature of every row."""
+    """(markdown, LaTeX) tables of the runs, best value per column in bold, metrics a run did
+    not compute marked so, each table followed by the signature of every row."""
     rows = load_rows(runs, split)
-    table_rows = [(label, metrics) for label, metrics, _ in rows]
+    table_rows = [(label, dict(payload["metrics"])) for label, payload in rows]
+    not_computed = [dict(payload.get("not_computed", {})) for _, payload in rows]
     notes = signature_notes(rows)
-    markdown = markdown_table(table_rows, bold_best=True) + "\n\n" + "\n".join(
-        f"- `{note}`" for note in notes)
-    latex = latex_table(table_rows, bold_best=True) + "\n" + "\n".join(
-        f"% {note}" for note in notes)
+    markdown = markdown_table(table_rows, bold_best=True, not_computed=not_computed) + \
+        "\n\n" + "\n".join(f"- `{note}`" for note in notes)
+    latex = latex_table(table_rows, bold_best=True, not_computed=not_computed) + "\n" + \
+        "\n".join(f"% {note}" for note in notes)
     return markdown, latex

@@ -17,43 +17,55 @@ SHORT_NAMES = {"Bleu_1": "B@1", "Bleu_2": "B@2", "Bleu_3": "B@3", "Bleu_4": "B@4
 LOWER_IS_BETTER = {"CHAIRs", "CHAIRi", "CHAIRs_extended", "CHAIRi_extended"}
 
 
-def columns(metric_sets: list[dict[str, float]]) -> list[str]:
-    """The known metrics present in any of the sets, in the usual paper order."""
-    present = set().union(*metric_sets) if metric_sets else set()
+NOT_COMPUTED = "not computed"
+"""What a table cell says for a metric a run did not compute (SPICE offline, CHAIR without
+instances, CLIP-S not asked for): never 0, never blank."""
+
+
+def columns(metric_sets: list[dict[str, float]],
+            not_computed: list[dict[str, str]] | None = None) -> list[str]:
+    """The known metrics present (or recorded as not computed) in any of the sets, in the
+    usual paper order."""
+    present = set().union(*metric_sets, *(not_computed or [])) if metric_sets else set()
     return [name for name in COLUMN_ORDER if name in present]
 
 
 def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+    return NOT_COMPUTED if value is None else f"{100 * value:.1f}"
 
 
-def markdown_table(rows: list[tuple[str, dict[str, float]]], bold_best: bool = False) -> str:
-    """| run | B@1 | ... | as a markdown table (best value per column in bold if asked)."""
-    names = columns([m for _, m in rows])
+def _rows_of_cells(rows: list[tuple[str, dict[str, float]]], bold_best: bool,
+                   not_computed: list[dict[str, str]] | None, bold: str
+                   ) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """(column names, (label, cells) per row); `bold` is a format with one `{}`."""
+    names = columns([m for _, m in rows], not_computed)
     best = _best(rows, names) if bold_best and len(rows) > 1 else {}
+    table = []
+    for label, metrics in rows:
+        cells = [_cell(metrics.get(name)) for name in names]
+        table.append((label, [bold.format(c) if best.get(n) == label else c
+                              for n, c in zip(names, cells)]))
+    return names, table
+
+
+def markdown_table(rows: list[tuple[str, dict[str, float]]], bold_best: bool = False,
+                   not_computed: list[dict[str, str]] | None = None) -> str:
+    """| run | B@1 | ... | as a markdown table (best value per column in bold if asked);
+    `not_computed` (per row: metric -> why) adds those columns, read "not computed"."""
+    names, table = _rows_of_cells(rows, bold_best, not_computed, "**{}**")
     lines = ["| run | " + " | ".join(SHORT_NAMES[n] for n in names) + " |",
              "|---|" + "---:|" * len(names)]
-    for label, metrics in rows:
-        cells = []
-        for name in names:
-            cell = _cell(metrics.get(name))
-            cells.append(f"**{cell}**" if best.get(name) == label else cell)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in table]
     return "\n".join(lines)
 
 
-def latex_table(rows: list[tuple[str, dict[str, float]]], bold_best: bool = True) -> str:
+def latex_table(rows: list[tuple[str, dict[str, float]]], bold_best: bool = True,
+                not_computed: list[dict[str, str]] | None = None) -> str:
     """A booktabs tabular with the same columns (best value per column in \\textbf)."""
-    names = columns([m for _, m in rows])
-    best = _best(rows, names) if bold_best and len(rows) > 1 else {}
+    names, table = _rows_of_cells(rows, bold_best, not_computed, r"\textbf{{{}}}")
     header = " & ".join(["Run", *(SHORT_NAMES[n] for n in names)]) + r" \\"
     lines = [r"\begin{tabular}{l" + "r" * len(names) + "}", r"\toprule", header, r"\midrule"]
-    for label, metrics in rows:
-        cells = [_latex_escape(label)]
-        for name in names:
-            cell = _cell(metrics.get(name))
-            cells.append(rf"\textbf{{{cell}}}" if best.get(name) == label else cell)
-        lines.append(" & ".join(cells) + r" \\")
+    lines += [" & ".join([_latex_escape(label), *cells]) + r" \\" for label, cells in table]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
 

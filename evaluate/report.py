@@ -4,6 +4,7 @@ Nothing on the page is fetched: thumbnails and the curves PNG are base64 data UR
 the small sort/filter script are inline. FSGR runs can overlay each image's patch grid (codebook
 concept per patch). The grid is drawn over the centred crop of aspect grid_w:grid_h (a square
 for ViTs), the region open_clip's eval transform (resize short side + centre crop) encodes.
+FSGR runs also get a codebook-usage table: share of patches per concept (`CodebookUsage`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class ReportImage:
     mentioned: list[str]
     ground_truth: list[str]
     patch_concepts: np.ndarray | None = None  # [grid_h, grid_w] ids into concept_words
+
+
+@dataclass
+class CodebookUsage:
+    """Patches assigned to each concept of the FSGR codebook, for the usage table."""
+
+    counts: np.ndarray  # [C] patches per concept id (ids into the report's concept words)
+    source: str = ""  # where the counts come from, e.g. "val images, argmax, fit epoch 3"
 
 
 @dataclass
@@ -275,21 +284,58 @@ def render_curves(curves_png: Path | None) -> str:
     return f'<figure class="curves"><img src="{uri}" alt="training curves"></figure>'
 
 
+def render_usage(usage: CodebookUsage | None, words: list[str] | None, palette: _Palette,
+                 max_rows: int = 100) -> str:
+    """Concept word, share of patches (with a bar) and patch count, most used first; the
+    concepts used, the usage entropy in bits and the unused ones in the summary."""
+    if usage is None:
+        return ""
+    counts = np.asarray(usage.counts, dtype=np.int64).ravel()
+    total = int(counts.sum())
+    used = np.flatnonzero(counts > 0)
+    order = used[np.argsort(-counts[used], kind="stable")]
+    shares = counts[order] / max(total, 1)
+    entropy = float(abs((shares * np.log2(shares)).sum())) if total else 0.0
+    shown = order[:max_rows]
+    palette.ids.update(int(c) for c in shown)
+    top = shares[0] if len(shares) else 1.0
+    rows = "".join(
+        f'<tr><th><span class="swatch c{cid}"></span>{_esc(concept_word(int(cid), words))}</th>'
+        f'<td class="bar-cell"><span class="bar c{cid}" style="width:{100 * share / top:.1f}%">'
+        f'</span></td><td class="share">{100 * share:.1f}%</td>'
+        f'<td class="count">{int(counts[cid])}</td></tr>'
+        for cid, share in zip(shown.tolist(), shares[:max_rows].tolist()))
+    if len(order) > len(shown):
+        rest = int(counts[order[len(shown):]].sum())
+        rows += (f'<tr class="rest"><th>{len(order) - len(shown)} more concepts</th><td></td>'
+                 f'<td class="share">{100 * rest / max(total, 1):.1f}%</td>'
+                 f'<td class="count">{rest}</td></tr>')
+    source = f" · {_esc(usage.source)}" if usage.source else ""
+    return (f'<details class="usage" open><summary>codebook usage: {len(used)} of {len(counts)} '
+            f"concepts, entropy {entropy:.2f} bits, {total} patches{source}</summary>"
+            f'<table class="usage-table"><thead><tr><th>concept</th><th></th>'
+            f"<th>share of patches</th><th>patches</th></tr></thead><tbody>{rows}</tbody>"
+            f"</table></details>")
+
+
 def palette_css(ids: set[int]) -> str:
     """One colour class per concept id used on the page (overlay cells and legend swatches)."""
     return "\n".join(f".c{i}{{--h:{concept_hue(i)}}}" for i in sorted(ids))
 
 
 def render_header(title: str, images: list[ReportImage], metrics: dict[str, float],
-                  config_lines: list[str] | None, curves_png: Path | None) -> str:
-    """Title, summary line, metrics, config and curves."""
+                  config_lines: list[str] | None, curves_png: Path | None,
+                  usage_html: str = "") -> str:
+    """Title, summary line, metrics, config, curves and the codebook usage (FSGR runs)."""
     n_hall = sum(1 for im in images if im.hallucinated)
     config = (f'<details class="config" open><summary>config</summary>'
               f'<pre>{_esc(chr(10).join(config_lines))}</pre></details>' if config_lines else "")
     return (f"<header><h1>{_esc(title)}</h1>"
             f'<p class="summary">{len(images)} images · {n_hall} with hallucinated objects</p>'
             f'<div class="head-grid"><section>{render_metrics(metrics)}{config}</section>'
-            f"<section>{render_curves(curves_png)}</section></div></header>")
+            f"<section>{render_curves(curves_png)}</section>"
+            + (f'<section class="usage-box">{usage_html}</section>' if usage_html else "")
+            + "</div></header>")
 
 
 TOOLBAR = """<nav class="toolbar">
@@ -385,6 +431,14 @@ mark.hallucinated{background:#ffc9c2;color:#7a1108;border-bottom:2px solid #d92d
 .chip.missed{background:#f2f4f7;border-color:#d0d5dd;color:#475467}
 .none{color:var(--muted)}
 .refs ol{margin:4px 0 0;padding-left:20px;color:#344054}
+.usage summary{cursor:pointer;color:var(--muted)}
+.usage-table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums;
+ margin-top:4px;display:block;max-height:320px;overflow:auto}
+.usage-table th,.usage-table td{padding:1px 8px;border-bottom:1px solid var(--line)}
+.usage-table tbody th{text-align:left;font-weight:500;white-space:nowrap}
+.usage-table td.share,.usage-table td.count{text-align:right}
+.bar-cell{width:160px}
+.bar{display:block;height:9px;border-radius:2px;background:hsl(var(--h),85%,52%)}
 """
 
 
@@ -413,12 +467,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_report(path: Path, *, title: str, images: list[ReportImage], metrics: dict[str, float],
                  config_lines: list[str] | None = None, curves_png: Path | None = None,
-                 concept_words: list[str] | None = None, thumbnail_px: int = 160) -> Path:
+                 concept_words: list[str] | None = None, thumbnail_px: int = 160,
+                 codebook_usage: CodebookUsage | None = None) -> Path:
     """Write the HTML report; returns its path (written atomically: temp file + os.replace)."""
     path = Path(path)
     palette = _Palette()
     cards = [render_card(i, image, concept_words, thumbnail_px, palette)
              for i, image in enumerate(images)]
-    header = render_header(title, images, metrics, config_lines, curves_png)
+    usage_html = render_usage(codebook_usage, concept_words, palette)
+    header = render_header(title, images, metrics, config_lines, curves_png, usage_html)
     write_atomic(path, render_page(title, header, cards, palette))
     return path

@@ -1,8 +1,9 @@
 """`evaluate report`: gather the scored split's outputs into `evaluate.report.write_report`.
 
 Reads `eval/<split>/per_image.json` + `metrics.json` (written by `evaluate score`), for FSGR
-runs the per-patch codebook concepts of `features/fsgr` and the concept words, and the
-training curve `train/curves.png`; writes `eval/<split>/report.html`.
+runs the per-patch codebook concepts of `features/fsgr`, the concept words and the codebook
+usage `extract fit` recorded (`fsgr/codebook_usage.json`), and the training curve
+`train/curves.png`; writes `eval/<split>/report.html`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluate.report import Highlight, ReportImage, write_report
+from evaluate.report import CodebookUsage, Highlight, ReportImage, write_report
 from evaluate.signature import signature_line
 from extract.concepts import ConceptCodebook
+from extract.fsgr_fit import USAGE_FILE
 from shared.config import Config
 from shared.feature_store import FeatureStore
-from shared.manifest import require_current
-from shared.stages import concepts_stage, encode_stage, eval_dir, eval_stage, train_dir
+from shared.manifest import read_manifest, require_current
+from shared.stages import (concepts_stage, encode_stage, eval_dir, eval_stage, fit_stage,
+                           fsgr_dir, train_dir)
 
 
 def build_report(config: Config, max_images: int = 0) -> Path:
@@ -30,6 +33,7 @@ def build_report(config: Config, max_images: int = 0) -> Path:
     if max_images > 0:
         entries = entries[:max_images]
     grids, words = _concept_grids(config, [e["image_id"] for e in entries])
+    usage = codebook_usage(config) if words is not None else None
     images = [_report_image(entry, grids.get(entry["image_id"])) for entry in entries]
     curves = train_dir(config) / "curves.png"
     decoding = metrics.get("decoding", {})
@@ -43,7 +47,24 @@ def build_report(config: Config, max_images: int = 0) -> Path:
     return write_report(folder / "report.html",
                         title=f"{config.data.name} / {metrics['split']}: captions and metrics",
                         images=images, metrics=metrics["metrics"], config_lines=config_lines,
-                        curves_png=curves if curves.is_file() else None, concept_words=words)
+                        curves_png=curves if curves.is_file() else None, concept_words=words,
+                        codebook_usage=usage)
+
+
+def codebook_usage(config: Config) -> CodebookUsage | None:
+    """The per-concept usage `extract fit` recorded for the current `fsgr.pt` (argmax over the
+    val images' patches at the best epoch); None when absent or from another fit."""
+    path = fsgr_dir(config) / USAGE_FILE
+    fit = read_manifest(fit_stage(config).output)
+    try:
+        usage = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if fit is None or usage.get("fit_identity") != fit.get("identity"):
+        return None
+    source = (f"{usage.get('split', '?')} images, {usage.get('assignment', 'argmax')} "
+              f"assignment, extract fit epoch {usage.get('epoch', '?')}")
+    return CodebookUsage(np.asarray(usage["counts"], dtype=np.int64), source)
 
 
 def _report_image(entry: dict, grid: np.ndarray | None) -> ReportImage:

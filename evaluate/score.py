@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluate.caption_checks import caption_stats, check_annotation_files, degeneracy_warnings
 from evaluate.chair import chair_scores, ground_truth_objects, metric_names, vocabulary_of
 from evaluate.checkpoint import load_trained_decoder
 from evaluate.clip_score import clip_scores
@@ -79,7 +80,9 @@ def read_captions(path) -> dict[int, str]:  # noqa: ANN001
 
 
 def score(config: Config, force: bool = False, progress: bool = True) -> list[str]:
-    """Decode (if needed) and score `eval.split`; returns the lines to print (incl. a table)."""
+    """Decode (if needed) and score `eval.split`; returns the lines to print (incl. a table).
+    The annotation files are checked before anything is decoded."""
+    check_annotation_files(config)
     captions, captions_line = write_captions(config, force=force, progress=progress)
     spec = eval_stage(config)
     decision = decide(spec, config, force=force)
@@ -93,6 +96,9 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     references = reference_captions(list(records.values()), config.data.captions_json)
     scores = score_captions(captions, references, spice=config.eval.spice)
     corpus, notes = dict(scores.corpus), list(scores.notes)
+    not_computed: dict[str, str] = {}
+    if "SPICE" not in corpus:
+        not_computed["SPICE"] = scores.notes[-1] if scores.notes else "SPICE skipped"
     per_image: dict[int, dict[str, Any]] = {
         i: {"image_id": i, "file": str(records[i].path), "caption": captions[i],
             "references": references[i], "scores": scores.per_image[i]} for i in sorted(captions)}
@@ -109,6 +115,8 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     else:
         chair_counts = {}
         notes.append("CHAIR skipped: data.instances_json is empty")
+        for name in metric_names(config.eval.chair_vocabulary):
+            not_computed[name] = "data.instances_json is empty (no objects to check against)"
 
     if config.eval.clipscore:
         ids = sorted(captions)
@@ -117,8 +125,10 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     train_images = len(split_records(dataset, "train"))  # restval included
     signature = result_signature(config, len(captions), train_images,
                                  chair_computed=bool(config.data.instances_json))
+    stats = caption_stats(captions)
     metrics = {"split": config.eval.split, "images": len(captions), "metrics": corpus,
-               "signature": signature.to_json(),
+               "not_computed": not_computed, "warnings": degeneracy_warnings(stats),
+               "caption_stats": stats, "signature": signature.to_json(),
                "chair_counts": chair_counts, "notes": notes,
                "decoding": {"beam_size": config.eval.beam_size,
                             "max_length": config.eval.max_length},
@@ -151,8 +161,9 @@ def _clip_scores(config: Config, ids: list[int], captions: dict[int, str],
 def summary_lines(config: Config, metrics: dict[str, Any]) -> list[str]:
     """Notes, the metric table (x 100) and where the outputs are."""
     label = f"{config.train.experiment or config.data.name}/{metrics['split']}"
-    return [*metrics.get("notes", []), "",
-            markdown_table([(label, metrics["metrics"])]),
+    return [*metrics.get("warnings", []), *metrics.get("notes", []), "",
+            markdown_table([(label, metrics["metrics"])],
+                           not_computed=[metrics.get("not_computed", {})]),
             *([f"signature: {signature_line(metrics)}"] if signature_line(metrics) else []), "",
             f"evaluate score: {metrics['images']} images; metrics in "
             f"{eval_dir(config) / 'metrics.json'} (scores x 100)"]

@@ -10,7 +10,7 @@ sacreBLEU's signatures, each result carries the settings that change its numbers
 
 `eos:` says where `<eos>` counts in SCST (`reward+loss`, `loss`, `reward`, `none`); `df:` which
 references gave the CIDEr-D reward's document frequencies (the training split and its images);
-`refs:` what the captions were scored against; `chair:` the CHAIR vocabulary (or `none` when
+`refs:` what the captions were scored against; `chair:` the CHAIR vocabulary (`not-computed` when
 CHAIR was not computed).
 """
 
@@ -77,7 +77,7 @@ def result_signature(config: Config, split_images: int, train_images: int,
         reward_df=f"train({train_images})" if scst else None,
         beam_size=config.eval.beam_size, max_length=config.eval.max_length,
         split=config.eval.split, split_images=split_images, references=references,
-        chair_vocabulary=config.eval.chair_vocabulary if chair_computed else "none")
+        chair_vocabulary=config.eval.chair_vocabulary if chair_computed else "not-computed")
 
 
 def signature_line(metrics: dict[str, Any]) -> str:

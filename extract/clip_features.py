@@ -3,6 +3,8 @@
 Writes per row (one image): `patch_tokens` [P, W] (after ln_post, without CLS), `image_embed`
 [E] (pooled, projected), `image_ids`, `valid` (0 where the image could not be read); and once:
 `visual_proj` [W, E], the projection FSGR uses to bring patch tokens into the joint space.
+`clip.patch_attention = "csa"` takes the patch tokens from the last block's correlative
+self-attention (SCLIP; `shared.clip_model.encode_images`); `image_embed` stays the standard one.
 Images are decoded in DataLoader workers; chunks are written by a background thread while the
 next batch runs; each chunk is committed atomically, so a killed run resumes where it stopped.
 """
@@ -96,7 +98,7 @@ def store_attrs(bundle: ClipBundle, config: Config) -> dict[str, Any]:
     return {"kind": "clip", "model": bundle.name, "pretrained": config.clip.pretrained,
             "grid": list(bundle.grid_size), "n_patches": bundle.n_patches,
             "width": bundle.width, "embed_dim": bundle.embed_dim,
-            "image_size": bundle.image_size}
+            "image_size": bundle.image_size, "patch_attention": bundle.patch_attention}
 
 
 class _ChunkAssembler:
@@ -165,7 +167,8 @@ def extract_clip(config: Config, *, force: bool = False, shard: Shard = Shard(),
         raise ValueError("--shard needs store.format = 'zarr' (HDF5 files take one writer)")
     records = load_karpathy(config.data.karpathy_json, config.data.image_root)
     device = resolve_device(config.clip.device)
-    bundle = create_clip(config.clip.model, config.clip.pretrained, device=device)
+    bundle = create_clip(config.clip.model, config.clip.pretrained, device=device,
+                         patch_attention=config.clip.patch_attention)
     visual_proj = bundle.model.visual.proj
     proj = (visual_proj.detach().float().cpu().numpy() if visual_proj is not None
             else np.eye(bundle.width, bundle.embed_dim, dtype=np.float32))
@@ -196,7 +199,8 @@ def extract_clip(config: Config, *, force: bool = False, shard: Shard = Shard(),
         assembler.close()
     seconds = time.perf_counter() - started
     complete = output.finish({"images": len(records), "model": bundle.name,
-                              "grid": list(bundle.grid_size)})
+                              "grid": list(bundle.grid_size),
+                              "patch_attention": bundle.patch_attention})
     failed = output.failure_count() if complete else assembler.failed
     messages.append(f"extract clip: {n_todo} images in {seconds:.1f}s "
                     f"({n_todo / max(seconds, 1e-9):.1f} img/s), {failed} failed"

@@ -6,6 +6,12 @@ supervised-contrastive loss over the patch embeddings of the batch. Streams from
 validates each epoch (val loss and greedy CIDEr-D), keeps `last.pt` / `best.pt` in
 `runs/<dataset>/fsgr/`, resumes from `last.pt`, and finally writes `fsgr.pt` (the best FSGR
 encoder weights + what it was fitted on) with its manifest.
+
+The patch-concept logits use the CLIP model's own logit scale (`clip_logit_scale`), frozen
+unless `fsgr.learn_logit_scale`. Each epoch also logs how often the straight-through Gumbel
+sample equals the argmax assignment over the epoch's training patches, and the codebook usage
+of the argmax (eval) assignment over the val images (concepts used, usage entropy in bits);
+the best epoch's per-concept counts go to `fsgr/codebook_usage.json` for `evaluate report`.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from tqdm import tqdm
 
 from extract.concepts import ConceptCodebook
 from shared.cache_batches import CacheBatches, caption_samples
+from shared.clip_model import create_clip
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import FeatureStore
 from shared.karpathy import load_karpathy, split_records
 from shared.manifest import (current_state, decide, remove_manifest, require_current,
-                             write_manifest)
+                             write_json_atomic, write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder
 from shared.training_schedule import lr_factor, restore_state, resume_state, save_atomic
@@ -36,6 +43,7 @@ from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, voca
 from shared.vocabulary import Vocabulary
 
 CLIP_ARRAYS = ["patch_tokens", "image_embed"]
+USAGE_FILE = "codebook_usage.json"
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,32 @@ class FsgrMeta:
 
 
 def build_encoder(config: Config, meta: FsgrMeta, visual_proj: torch.Tensor,
-                  concept_embeddings: torch.Tensor | None) -> FsgrEncoder:
-    """The FSGR encoder sized from config + the cache it reads."""
+                  concept_embeddings: torch.Tensor | None,
+                  logit_scale: float = 100.0) -> FsgrEncoder:
+    """The FSGR encoder sized from config + the cache it reads; `logit_scale` is the CLIP
+    model's (`clip_logit_scale`), frozen unless `fsgr.learn_logit_scale`."""
     f = config.fsgr
     return FsgrEncoder(meta.clip_width, meta.embed_dim, f.d_model, f.n_layers, f.n_heads, f.d_ff,
-                       f.dropout, f.top_k, f.gumbel_tau, visual_proj, concept_embeddings)
+                       f.dropout, f.top_k, f.gumbel_tau, visual_proj, concept_embeddings,
+                       logit_scale, f.learn_logit_scale)
+
+
+def clip_logit_scale(config: Config) -> float:
+    """`logit_scale.exp()` of the run's CLIP (`clip.model` / `clip.pretrained`, the model the
+    cache and the concept codebook come from): 100 for OpenAI's weights. Leaves the random
+    state as it was (building the model draws its initial weights)."""
+    with torch.random.fork_rng(devices=[]):
+        bundle = create_clip(config.clip.model, config.clip.pretrained, device="cpu")
+    return float(bundle.model.logit_scale.detach().float().exp())
+
+
+def usage_summary(counts: np.ndarray) -> dict[str, float | int]:
+    """Concepts used (count > 0), patches counted, and the entropy (bits) of the usage."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    share = counts[counts > 0] / max(total, 1.0)
+    return {"codebook_used": int((counts > 0).sum()), "codebook_patches": int(total),
+            "codebook_entropy_bits": float(abs((share * np.log2(share)).sum()))}
 
 
 class FsgrCaptioner(nn.Module):
@@ -96,7 +125,9 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     meta = FsgrMeta(attrs["model"], tuple(attrs["grid"]), attrs["width"], attrs["embed_dim"],
                     state["inputs"][str(concepts_stage(config).output)], len(codebook.words))
     vocab = Vocabulary.load(vocab_stage(config).output)
-    encoder = build_encoder(config, meta, visual_proj, torch.from_numpy(codebook.embeddings))
+    scale = clip_logit_scale(config)
+    encoder = build_encoder(config, meta, visual_proj, torch.from_numpy(codebook.embeddings),
+                            scale)
     dims = DecoderDims(d_visual=config.fsgr.d_model, vocab_size=len(vocab),
                        d_model=config.decoder.d_model, n_heads=config.decoder.n_heads,
                        n_dec_layers=config.decoder.n_dec_layers, d_ff=config.decoder.d_ff,
@@ -130,8 +161,12 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
 
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     log_path = out_dir / "fit_log.jsonl"
+    usage_path = out_dir / USAGE_FILE
+    usage_path.unlink(missing_ok=True)  # written again with fsgr.pt
     start_epoch, step, best_cider = 0, 0, -math.inf
-    lines = []
+    n_concepts = len(codebook.words)
+    lines = [f"extract fit: patch-concept logit scale {scale:.2f} (CLIP's, "
+             + ("learnable)" if config.fsgr.learn_logit_scale else "frozen)")]
     ckpt = None if force else restore_state(last, state["identity"], model, optimizer, device)
     if ckpt is not None:
         start_epoch, step, best_cider = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_cider"]
@@ -144,6 +179,8 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     for epoch in range(start_epoch, config.fsgr.epochs):
         model.train()
         started, sums, n_batches = time.perf_counter(), {"xe": 0.0, "contrastive": 0.0}, 0
+        # straight-through Gumbel sample == argmax assignment, over the epoch's train patches
+        agree, seen = torch.zeros((), dtype=torch.long, device=device), 0
         batches = train_batches(epoch)
         bar = tqdm(batches.epoch(epoch), total=len(batches), disable=not progress,
                    desc=f"extract fit {epoch + 1}/{config.fsgr.epochs}", unit="batch")
@@ -171,13 +208,18 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
             n_batches += 1
             sums["xe"] += float(xe.detach())
             sums["contrastive"] += float(con.detach())
+            agree += (fsgr.codebook_index == fsgr.argmax_index).sum()
+            seen += fsgr.codebook_index.numel()
             bar.set_postfix(xe=f"{sums['xe'] / n_batches:.3f}",
                             con=f"{sums['contrastive'] / n_batches:.3f}")
         model.eval()
+        # argmax (eval) assignments of every patch of the val images, per concept
+        usage = torch.zeros(n_concepts, dtype=torch.long, device=device)
 
         def words_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             fsgr = model.encoder(batch["patch_tokens"].to(device),
                                  batch["image_embed"].to(device), model.grid)
+            usage.add_(torch.bincount(fsgr.codebook_index.flatten(), minlength=n_concepts))
             return model.decoder.greedy(fsgr.features, vocab.bos_id, vocab.eos_id,
                                         config.eval.max_length)
 
@@ -186,9 +228,13 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
             lambda batch, tokens: model(batch["patch_tokens"].to(device),
                                         batch["image_embed"].to(device), tokens)[0],
             words_of, references, store_ids, vocab, device)
+        counts = usage.cpu().numpy()
         record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - started,
                   "train_xe": sums["xe"] / max(n_batches, 1),
-                  "train_contrastive": sums["contrastive"] / max(n_batches, 1), **metrics}
+                  "train_contrastive": sums["contrastive"] / max(n_batches, 1), **metrics,
+                  "gumbel_argmax_agreement": int(agree) / max(seen, 1),
+                  "logit_scale": float(model.encoder.quantizer.scale.detach()),
+                  **usage_summary(counts), "codebook_size": n_concepts}
         with log_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         is_best = metrics["val_cider"] > best_cider
@@ -196,12 +242,17 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
         ckpt = {**resume_state(state["identity"], model, optimizer, device),
                 "epoch": epoch, "step": step, "best_cider": best_cider}
         if is_best:
-            save_atomic({"model": model.state_dict(), "epoch": epoch, **metrics}, best)
+            save_atomic({"model": model.state_dict(), "epoch": epoch, **metrics,
+                         "logit_scale": record["logit_scale"],
+                         "codebook_counts": torch.from_numpy(counts)}, best)
         save_atomic(ckpt, last)
         lines.append(f"extract fit: epoch {epoch + 1}: train xe {record['train_xe']:.3f}, "
                      f"contrastive {record['train_contrastive']:.3f}, val loss "
                      f"{metrics['val_loss']:.3f}, val CIDEr-D {metrics['val_cider']:.3f}"
-                     + (" (best)" if is_best else ""))
+                     + (" (best)" if is_best else "")
+                     + f"; Gumbel = argmax on {record['gumbel_argmax_agreement']:.1%} of train "
+                     f"patches; val codebook usage {record['codebook_used']}/{n_concepts} "
+                     f"concepts, entropy {record['codebook_entropy_bits']:.2f} bits")
 
     best_ckpt = torch.load(best, map_location="cpu", weights_only=True)
     encoder_state = {k[len("encoder."):]: v for k, v in best_ckpt["model"].items()
@@ -210,9 +261,19 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
                   "config": config.select(["fsgr"]), "epoch": best_ckpt["epoch"],
                   "val_loss": best_ckpt["val_loss"], "val_cider": best_ckpt["val_cider"]},
                  spec.output)
+    counts = best_ckpt.get("codebook_counts")
+    if counts is not None:  # absent only in a best.pt of a run resumed from older code
+        counts = counts.numpy()
+        write_json_atomic(usage_path, {
+            "fit_identity": state["identity"], "epoch": best_ckpt["epoch"] + 1,
+            "split": "val", "assignment": "argmax", "entropy_unit": "bits",
+            **usage_summary(counts), "codebook_size": n_concepts,
+            "counts": [int(c) for c in counts]})
     write_manifest(spec, config, {"best_epoch": best_ckpt["epoch"] + 1,
                                   "val_loss": best_ckpt["val_loss"],
-                                  "val_cider": best_ckpt["val_cider"]}, state=state)
+                                  "val_cider": best_ckpt["val_cider"],
+                                  "logit_scale": best_ckpt.get("logit_scale", scale)},
+                   state=state)
     lines.append(f"extract fit: wrote {spec.output} (best epoch {best_ckpt['epoch'] + 1}, "
                  f"val CIDEr-D {best_ckpt['val_cider']:.3f})")
     return lines
@@ -228,6 +289,8 @@ def load_fsgr(config: Config, device: torch.device) -> tuple[FsgrEncoder, FsgrMe
     meta = FsgrMeta(raw["clip_model"], tuple(raw["grid"]), raw["clip_width"], raw["embed_dim"],
                     raw["concepts_identity"], raw["n_concepts"])
     proj = ckpt["encoder"]["quantizer.visual_proj"]
+    # the checkpoint's scale (a frozen buffer; a parameter in fits with fsgr.learn_logit_scale
+    # and in those made before the scale came from CLIP) is loaded with the weights
     encoder = build_encoder(config, meta, proj, None)
     encoder.load_state_dict(ckpt["encoder"])
     return encoder.to(device).eval(), meta

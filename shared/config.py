@@ -63,6 +63,9 @@ class ClipConfig:
     num_workers: int = 8
     device: str = "auto"
     precision: str = "auto"
+    # "csa": the last block's patch tokens from SCLIP's correlative self-attention (same
+    # frozen weights; the pooled embedding stays standard); see shared/clip_model.py
+    patch_attention: str = "standard"
 
 
 @dataclass
@@ -85,6 +88,8 @@ class FsgrConfig:
     dropout: float = 0.1
     top_k: int = 20
     gumbel_tau: float = 1.0
+    learn_logit_scale: bool = False   # patch-concept logit scale: CLIP's, frozen (FSGR); true:
+                                      # a parameter initialised at CLIP's
     contrastive_temperature: float = 0.07
     contrastive_weight: float = 0.25
     concept_min_count: int = 5
@@ -125,6 +130,9 @@ class MemoryConfig:
     warmup_iterations: int = 1000
     n_cross_prototypes: int = 1024
     init_from_cluster: bool = False
+    kmeans_max_points: int = 131_072  # a refresh's K-Means trains on <= this many sampled
+                                      # keys (FAISS: n_prototypes x (this // n_prototypes),
+                                      # 128 per prototype at 1024); 0: every key
 
 
 @dataclass
@@ -343,6 +351,7 @@ _CHOICES = {
     "store.dtype": ("float16", "float32"),
     "clip.device": ("auto", "cpu", "cuda"),
     "clip.precision": ("auto", "fp32", "bf16", "fp16"),
+    "clip.patch_attention": ("standard", "csa"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "decoder.visual_input": ("fsgr", "clip"),
     "cluster.device": ("auto", "cpu", "cuda"),

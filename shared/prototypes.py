@@ -5,10 +5,15 @@ dumps). Everything is float32 numpy; FAISS runs on the GPU when it has one (`fai
 `use_gpu` allows it, else on the CPU.
 
 - `kmeans`: Lloyd iterations from an AFK-MC2 (k-means++-like) initialisation; deterministic for
-  a seed on a given device and thread count. FAISS's own silent sub-sampling is switched off:
-  every point given is used (callers sub-sample with `subsample_rows`).
+  a seed on a given device and thread count. The training sample is explicit: FAISS's own
+  sub-sampling (`max_points_per_centroid`, 256 by default, so silently k x 256 points) is set
+  from `max_points` (at most `k * (max_points // k)` points, drawn by FAISS with the seed,
+  then one Lloyd step over all points) or switched off (`max_points=None`: every point given
+  is used); the final assignment, inertia and empty-cluster count are over *all* points given.
 - `memory_prototypes`: PMA-Net's prototypes: K-Means on the keys gives M_K; each prototype
   value is the mean of the values whose keys are the `knn` nearest neighbours of its centroid.
+- GPU: with a FAISS GPU build, `use_gpu` None/True and `gpu_device=i` run on GPU i alone (a
+  training rank's own GPU); `gpu_device=None` spreads over all visible GPUs.
 - Bank dumps (`write_banks` / `read_banks`): `keys_<l>`, `values_<l>` [n, d] float16/32 and an
   int `n_layers`, one npz; memory prototypes (`write_memory_prototypes` /
   `read_memory_prototypes`) have the same layout with m rows per layer.
@@ -30,13 +35,16 @@ INIT_METHOD = faiss.ClusteringInitMethod_AFK_MC2
 
 @dataclass
 class KMeansResult:
-    """Centroids and how good they are (inertia and empty clusters from a final assignment)."""
+    """Centroids and how good they are (inertia and empty clusters from a final assignment of
+    every point given, also when K-Means trained on a sample of `fit_points` of them)."""
 
     centroids: np.ndarray
     inertia: float
     empty_clusters: int
     seconds: float
     iterations: int = 0
+    fit_points: int = 0
+    fit_inertia: float = 0.0  # FAISS's objective on the training points, last iteration
 
 
 @dataclass
@@ -68,6 +76,31 @@ def use_gpu_for(device: str) -> bool | None:
     return {"auto": None, "cpu": False, "cuda": True}[device]
 
 
+_GPU_RESOURCES: dict[int, object] = {}
+
+
+def _gpu_resources(device: int) -> object:
+    """One `StandardGpuResources` per GPU for the process (its scratch memory is reused)."""
+    if device not in _GPU_RESOURCES:
+        _GPU_RESOURCES[device] = faiss.StandardGpuResources()
+    return _GPU_RESOURCES[device]
+
+
+def flat_l2_index(d: int, use_gpu: bool | None = None, gpu_device: int | None = None):
+    """Exact L2 index of width d: on GPU `gpu_device` alone, on all visible GPUs
+    (`gpu_device=None`), or on the CPU (no FAISS GPU, or `use_gpu=False`)."""
+    gpus = faiss_gpus(use_gpu)
+    if not gpus:
+        return faiss.IndexFlatL2(d)
+    if gpu_device is None:
+        return faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(d), ngpu=gpus)
+    if not 0 <= gpu_device < gpus:
+        raise ValueError(f"FAISS sees {gpus} GPU(s); GPU {gpu_device} is not one of them")
+    config = faiss.GpuIndexFlatConfig()
+    config.device = int(gpu_device)
+    return faiss.GpuIndexFlatL2(_gpu_resources(int(gpu_device)), d, config)
+
+
 def _as_points(name: str, points: np.ndarray) -> np.ndarray:
     points = np.ascontiguousarray(points, dtype=np.float32)
     if points.ndim != 2:
@@ -77,9 +110,32 @@ def _as_points(name: str, points: np.ndarray) -> np.ndarray:
     return points
 
 
+def fit_sample_size(n: int, k: int, max_points: int | None) -> tuple[int, int]:
+    """(FAISS `max_points_per_centroid`, points K-Means trains on) for n points, k centroids.
+
+    `max_points=None`: every point (FAISS's sub-sampling off); else FAISS keeps
+    k * (max_points // k) <= max_points of them, drawn uniformly with the K-Means seed.
+    """
+    if max_points is None:
+        per_centroid = max(1, -(-n // k))
+    else:
+        if max_points < k:
+            raise ValueError(f"k-means needs max_points >= k: max_points={max_points} < k={k}")
+        per_centroid = max_points // k
+    return per_centroid, min(n, k * per_centroid)
+
+
 def kmeans(points: np.ndarray, k: int, n_iter: int, seed: int, use_gpu: bool | None = None,
-           init_centroids: np.ndarray | None = None) -> KMeansResult:
-    """K-Means of `points` [n, d] into `k` centroids [k, d] float32 (needs n >= k)."""
+           init_centroids: np.ndarray | None = None, max_points: int | None = None,
+           gpu_device: int | None = None) -> KMeansResult:
+    """K-Means of `points` [n, d] into `k` centroids [k, d] float32 (needs n >= k).
+
+    Trains on at most `max_points` of the points (FAISS's own uniform sub-sampling, see
+    `fit_sample_size`; None: all). After training on a sample, one Lloyd step over every
+    point (assign all, centroid = mean of its points) takes the sampling noise out of the
+    centroids (it about halves the inertia the sample loses). Finally every point is assigned
+    to report the inertia over all of them.
+    """
     points = _as_points("k-means points", points)
     n, d = points.shape
     if k < 1:
@@ -87,25 +143,47 @@ def kmeans(points: np.ndarray, k: int, n_iter: int, seed: int, use_gpu: bool | N
     if n < k:
         raise ValueError(f"k-means needs at least as many points as centroids: "
                          f"{n} points < k={k}")
-    gpus = faiss_gpus(use_gpu)
+    per_centroid, fit_points = fit_sample_size(n, k, max_points)
     start = time.perf_counter()
     km = faiss.Kmeans(d, k, niter=n_iter, seed=seed, init_method=INIT_METHOD,
-                      max_points_per_centroid=max(1, -(-n // k)), min_points_per_centroid=1,
-                      verbose=False, gpu=gpus if gpus else False)
+                      max_points_per_centroid=per_centroid, min_points_per_centroid=1,
+                      verbose=False)
+    km.index = flat_l2_index(d, use_gpu, gpu_device)
     if init_centroids is not None:
         km.train(points, init_centroids=_as_points("init_centroids", init_centroids))
     else:
         km.train(points)
+    centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
+    if fit_points < n:
+        _, labels = km.index.search(points, 1)  # the index holds the trained centroids
+        centroids = _cluster_means(points, labels[:, 0], centroids)
+        km.index.reset()
+        km.index.add(centroids)
     distances, labels = km.index.search(points, 1)
     seconds = time.perf_counter() - start
     counts = np.bincount(labels[:, 0], minlength=k)
-    return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32),
+    return KMeansResult(centroids,
                         float(distances.astype(np.float64).sum()),
-                        int((counts == 0).sum()), seconds, len(km.obj))
+                        int((counts == 0).sum()), seconds, len(km.obj), fit_points,
+                        float(km.obj[-1]) if len(km.obj) else 0.0)
+
+
+def _cluster_means(points: np.ndarray, labels: np.ndarray, centroids: np.ndarray
+                   ) -> np.ndarray:
+    """Mean of the points of each label (float32); a label without points keeps its centroid."""
+    import torch  # summing rows by label without copying the points
+
+    sums = torch.zeros(centroids.shape, dtype=torch.float32)
+    sums.index_add_(0, torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(points))
+    counts = np.bincount(labels, minlength=len(centroids))
+    means = sums.numpy() / np.maximum(counts, 1)[:, None].astype(np.float32)
+    return np.ascontiguousarray(np.where(counts[:, None] > 0, means, centroids),
+                                dtype=np.float32)
 
 
 def knn_search(index_points: np.ndarray, queries: np.ndarray, k: int,
-               use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+               use_gpu: bool | None = None, gpu_device: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Exact L2 k-NN: squared distances [m, k] float32 and indices [m, k] int64, nearest first."""
     index_points = _as_points("k-NN index points", index_points)
     queries = _as_points("k-NN queries", queries)
@@ -115,10 +193,7 @@ def knn_search(index_points: np.ndarray, queries: np.ndarray, k: int,
     if not 1 <= k <= len(index_points):
         raise ValueError(f"k-NN needs 1 <= k <= number of index points: k={k}, "
                          f"{len(index_points)} points")
-    index = faiss.IndexFlatL2(index_points.shape[1])
-    gpus = faiss_gpus(use_gpu)
-    if gpus:
-        index = faiss.index_cpu_to_all_gpus(index, ngpu=gpus)
+    index = flat_l2_index(index_points.shape[1], use_gpu, gpu_device)
     index.add(index_points)
     distances, indices = index.search(queries, k)
     return distances, indices.astype(np.int64)
@@ -135,13 +210,14 @@ def subsample_rows(n_total: int, cap: int, seed: int) -> np.ndarray:
 
 
 def memory_prototypes(keys: np.ndarray, values: np.ndarray, m: int, knn: int, n_iter: int,
-                      seed: int, use_gpu: bool | None = None, max_points: int | None = None
+                      seed: int, use_gpu: bool | None = None, max_points: int | None = None,
+                      gpu_device: int | None = None
                       ) -> tuple[np.ndarray, np.ndarray, PrototypeStats]:
     """PMA-Net prototypes of a key/value bank: M_K [m, d_k] and M_V [m, d_v] float32.
 
-    M_K are the K-Means centroids of `keys` (fitted on a uniform sub-sample of at most
-    `max_points` keys when given); M_V[i] is the mean of `values` over the `knn` keys of the
-    whole bank nearest to M_K[i].
+    M_K are the K-Means centroids of `keys` (trained on a uniform sample of at most
+    `max_points` keys when given, see `kmeans`); M_V[i] is the mean of `values` over the `knn`
+    keys of the whole bank nearest to M_K[i]. The stats' inertia is over the whole bank.
     """
     keys = _as_points("memory keys", keys)
     values = _as_points("memory values", values)
@@ -150,11 +226,11 @@ def memory_prototypes(keys: np.ndarray, values: np.ndarray, m: int, knn: int, n_
     if knn > len(keys):
         raise ValueError(f"memory.knn={knn} is larger than the bank ({len(keys)} keys)")
     start = time.perf_counter()
-    fit = keys if max_points is None else keys[subsample_rows(len(keys), max_points, seed)]
-    result = kmeans(fit, m, n_iter, seed, use_gpu)
-    distances, neighbours = knn_search(keys, result.centroids, knn, use_gpu)
+    result = kmeans(keys, m, n_iter, seed, use_gpu, max_points=max_points,
+                    gpu_device=gpu_device)
+    distances, neighbours = knn_search(keys, result.centroids, knn, use_gpu, gpu_device)
     proto_values = values[neighbours].mean(axis=1, dtype=np.float64).astype(np.float32)
-    stats = PrototypeStats(len(keys), len(fit), result.inertia, result.empty_clusters,
+    stats = PrototypeStats(len(keys), result.fit_points, result.inertia, result.empty_clusters,
                            float(distances.mean()), time.perf_counter() - start)
     return result.centroids, proto_values, stats
 

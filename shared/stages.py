@@ -14,7 +14,8 @@ from shared.feature_store import store_path
 from shared.manifest import StageSpec
 
 CLIP_KEYS = ["data.karpathy_json", "data.image_root", "clip.model", "clip.pretrained",
-             "clip.precision", "store.format", "store.rows_per_chunk", "store.dtype"]
+             "clip.precision", "clip.patch_attention", "store.format", "store.rows_per_chunk",
+             "store.dtype"]
 VOCAB_KEYS = ["data.karpathy_json", "data.min_word_count"]
 CONCEPT_KEYS = ["data.karpathy_json", "clip.model", "clip.pretrained", "fsgr.concept_min_count",
                 "fsgr.concept_list", "fsgr.prompt_template"]
@@ -171,8 +172,16 @@ def decoder_stage(config: Config) -> StageSpec:
 
 
 def memory_banks_stage(config: Config) -> StageSpec:
-    """The key/value banks `train` dumps at its end (input of `cluster activations`)."""
-    return StageSpec("train.banks", memory_banks_path(config), ["memory"], [])
+    """The key/value banks `train` dumps at its end (input of `cluster activations`).
+
+    Their identity is the training run's: the train stage's config keys and inputs, so banks
+    from a run with another `train.lr` (or cache, ...) make the activation prototypes stale.
+    The activation prototypes a run may start from (`memory.init_from_cluster`) are left out:
+    they are built from these banks, and counting them would re-train forever."""
+    train = train_stage(config)
+    own_prototypes = cluster_activations_stage(config).output
+    return StageSpec("train.banks", memory_banks_path(config), list(train.config_keys),
+                     [path for path in train.inputs if path != own_prototypes])
 
 
 CAPTIONS_KEYS = ["eval.split", "eval.beam_size", "eval.max_length", "data.max_caption_words"]

@@ -30,18 +30,43 @@ def restore_state(path: Path, identity: str, model: torch.nn.Module,
                   ) -> dict[str, Any] | None:
     """Load `path` (a `resume_state` checkpoint) into `model`, `optimizer` and the random
     state when it was written by the run `identity`; returns it for the loop's own entries,
-    or None (missing, or another run's: start over)."""
+    or None (missing, or another run's: start over).
+
+    The file is read onto the CPU whatever device wrote it or this run uses: random states
+    must be CPU byte tensors, and the loop's own entries (memory banks, generators) live on
+    the CPU. Weights and optimizer state are then moved to `device` / their parameter's
+    device explicitly."""
     if not path.exists():
         return None
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt["identity"] != identity:
         return None
     model.load_state_dict(ckpt["model"])
+    model.to(device)
     optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
+    optimizer_state_to_params(optimizer)
+    restore_rng(ckpt, device)
     return ckpt
+
+
+def optimizer_state_to_params(optimizer: torch.optim.Optimizer) -> None:
+    """Put every per-parameter state tensor (Adam's moments, ...) on its parameter's device;
+    `step` counters stay where `Optimizer.load_state_dict` put them (on the CPU unless the
+    optimizer is capturable/fused)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in list(state.items()):
+                if key != "step" and torch.is_tensor(value) and value.device != param.device:
+                    state[key] = value.to(param.device)
+
+
+def restore_rng(ckpt: dict[str, Any], device: torch.device) -> None:
+    """The CPU random state, and on CUDA that of `device`, from a `resume_state` entry
+    (both restored from CPU byte tensors, as `torch.set_rng_state` requires)."""
+    torch.set_rng_state(ckpt["torch_rng"].to("cpu", torch.uint8))
+    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"].to("cpu", torch.uint8), device)
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:

@@ -58,6 +58,13 @@ def test_metrics_json_keys_and_ranges(scored) -> None:
         "train:xe|beam:5|maxlen:20|split:test(30)|refs:captions_demo.json|chair:original")
     assert signature["split_images"] == 30 and signature["training"] == "xe"
     assert any(line == f"signature: {signature['line']}" for line in lines)
+    assert metrics["not_computed"] == {"SPICE": next(
+        n for n in metrics["notes"] if n.startswith("SPICE skipped"))}
+    assert metrics["warnings"] == [] and metrics["caption_stats"]["captions"] == 30
+    printed = "\n".join(lines).splitlines()
+    header = next(line for line in printed if line.startswith("| run |"))
+    row = next(line for line in printed if line.startswith("| demo/test |"))
+    assert " S |" in header and "| not computed |" in row  # SPICE: offline
     captions = json.loads((folder / "captions.json").read_text())
     assert {c["image_id"] for c in captions} == test_ids
     assert all(isinstance(c["caption"], str) and c["caption"] for c in captions)
@@ -80,6 +87,18 @@ def test_rerun_skips_and_changed_beam_redecodes(scored) -> None:
     lines = score(greedy, progress=False)
     assert "beam 1" in lines[0]
     score(config, progress=False)  # back to beam 5 for the other tests
+
+
+def test_missing_caption_file_stops_before_decoding(scored, tmp_path) -> None:
+    config, sets, _ = scored
+    captions = eval_dir(config) / "captions.json"
+    before = captions.stat().st_mtime_ns
+    broken = load_config(DEMO_CONFIG, [*sets, "eval.beam_size=2",
+                                       f"data.captions_json=[{json.dumps(str(tmp_path / 'x'))}]"])
+    with pytest.raises(ValueError,
+                       match=r"x \(data.captions_json; or --set data.captions_json=\[\]"):
+        score(broken, progress=False)
+    assert captions.stat().st_mtime_ns == before  # nothing was decoded
 
 
 def test_spice_missing_is_one_line_and_other_metrics_stay(tmp_path, monkeypatch) -> None:

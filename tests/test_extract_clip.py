@@ -15,7 +15,7 @@ import torch
 
 from extract.clip_features import chunk_batches, extract_clip
 from shared.chunked_stage import Shard
-from shared.clip_model import create_clip
+from shared.clip_model import create_clip, encode_images
 from shared.feature_store import FeatureStore
 from shared.images import load_rgb
 from shared.karpathy import load_karpathy
@@ -97,6 +97,40 @@ def test_second_run_skips_and_config_change_reruns(extracted, tmp_path) -> None:
                                   read_all(result.store)["image_ids"])
     # restore the module fixture's state for other tests
     extract_clip(config, progress=False)
+
+
+def test_csa_store_reruns_and_keeps_the_pooled_embedding(extracted) -> None:
+    """`clip.patch_attention = "csa"`: `extract clip` re-runs (own identity), the patch tokens
+    are the CSA ones of `encode_images`, the pooled embedding and the layout are unchanged."""
+    fmt, config, result = extracted
+    if fmt != "zarr":
+        return
+    standard = read_all(result.store)
+    csa_config = make_config(Path(config.data.run_root), *_sources(config),
+                             'clip.patch_attention="csa"')
+    decision = decide(clip_stage(csa_config), csa_config)
+    assert not decision.up_to_date
+    assert "clip.patch_attention: 'standard' -> 'csa'" in decision.reason
+    rebuilt = extract_clip(csa_config, progress=False)
+    assert not rebuilt.skipped and "rebuilding" in rebuilt.messages[0]
+    csa = read_all(rebuilt.store)
+    with FeatureStore.open(rebuilt.store) as store:
+        assert store.attrs["patch_attention"] == "csa"
+    assert read_manifest(rebuilt.store)["summary"]["patch_attention"] == "csa"
+    for name in ("image_embed", "image_ids", "valid", "visual_proj"):
+        np.testing.assert_array_equal(csa[name], standard[name], err_msg=name)
+    assert csa["patch_tokens"].shape == standard["patch_tokens"].shape
+    assert not np.array_equal(csa["patch_tokens"], standard["patch_tokens"])
+    bundle = create_clip(config.clip.model, str(_sources(config)[1]), patch_attention="csa")
+    records = load_karpathy(config.data.karpathy_json, config.data.image_root)
+    picks = [0, 17, 39]
+    images = torch.stack([bundle.preprocess(load_rgb(records[i].path)) for i in picks])
+    _, tokens = encode_images(bundle, images)
+    np.testing.assert_allclose(csa["patch_tokens"][picks].astype(np.float32), tokens.numpy(),
+                               rtol=2e-3, atol=2e-3)
+    assert extract_clip(csa_config, progress=False).skipped
+    # restore the module fixture's state for other tests
+    assert not extract_clip(config, progress=False).skipped
 
 
 def _sources(config) -> tuple[Path, Path]:

@@ -128,7 +128,8 @@ def test_straight_through_gradients() -> None:
     target = torch.randn(2, 64, E)
     (enc(patches, pooled, (8, 8)).bridged_map * target).sum().backward()
     q = enc.quantizer
-    assert q.adapter.weight.grad.abs().sum() > 0 and q.logit_scale.grad.abs() > 0
+    assert q.adapter.weight.grad.abs().sum() > 0
+    assert not q.logit_scale.requires_grad and q.logit_scale.grad is None  # frozen by default
     # ... and, once the zero-initialised adapter has moved, PatchEmbedding too.
     with torch.no_grad():
         q.adapter.weight.normal_(0, 0.1)
@@ -248,3 +249,76 @@ def test_encoder_contrastive_loss_backprops() -> None:
                                 generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and enc.patch_embedding.proj.weight.grad.abs().sum() > 0
+
+
+def test_logit_scale_is_a_frozen_buffer_at_the_given_value() -> None:
+    enc = make_encoder(logit_scale=42.0)
+    q = enc.quantizer
+    assert "quantizer.logit_scale" not in dict(enc.named_parameters())
+    assert "quantizer.logit_scale" in dict(enc.named_buffers())
+    assert "quantizer.logit_scale" in enc.state_dict()
+    assert not q.logit_scale.requires_grad
+    assert q.scale.item() == pytest.approx(42.0, rel=1e-6)
+    # the logits are exactly scale x the cosines the scale-1 quantizer computes
+    inputs = make_inputs(2, (8, 8))
+    one = make_encoder(logit_scale=1.0).eval()
+    emb = enc.patch_embedding.eval()(*inputs)
+    torch.testing.assert_close(q.eval()(*inputs, emb).patch_concept_logits,
+                               42.0 * one.quantizer(*inputs, emb).patch_concept_logits)
+    assert make_encoder().quantizer.scale.item() == pytest.approx(100.0)  # OpenAI CLIP's
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="logit_scale"):
+            make_encoder(logit_scale=bad)
+
+
+def test_learn_logit_scale_makes_it_a_parameter() -> None:
+    torch.manual_seed(0)
+    enc = make_encoder(logit_scale=42.0, learn_logit_scale=True).train()
+    q = enc.quantizer
+    assert dict(enc.named_parameters())["quantizer.logit_scale"] is q.logit_scale
+    assert q.logit_scale.item() == pytest.approx(math.log(42.0))
+    with torch.no_grad():
+        q.adapter.weight.normal_(0, 0.1)
+    patches, pooled = make_inputs(2, (8, 8))
+    (enc(patches, pooled, (8, 8)).bridged_map * torch.randn(2, 64, E)).sum().backward()
+    assert q.logit_scale.grad.abs() > 0
+    with torch.no_grad():  # clamped at 100, as CLIP clamps its own
+        q.logit_scale.fill_(math.log(500.0))
+    assert q.scale.item() == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_checkpoint_with_a_logit_scale_parameter_loads(learn: bool) -> None:
+    """Checkpoints written before the scale came from CLIP hold a learnable `logit_scale`
+    (initialised at 1/0.07); they load into both kinds, with their own value."""
+    old = make_encoder(logit_scale=1 / 0.07, learn_logit_scale=True).eval()
+    with torch.no_grad():
+        old.quantizer.logit_scale.add_(0.3)  # as if it had been trained
+    state = old.state_dict()
+    new = make_encoder(seed=5, learn_logit_scale=learn).eval()
+    new.load_state_dict(state)
+    assert new.quantizer.scale.item() == pytest.approx(math.exp(math.log(1 / 0.07) + 0.3))
+    assert ("quantizer.logit_scale" in dict(new.named_parameters())) == learn
+    inputs = make_inputs(2, (8, 8))
+    a, b = old(*inputs, (8, 8)), new(*inputs, (8, 8))
+    assert torch.equal(a.features, b.features) and torch.equal(a.codebook_index, b.codebook_index)
+    # and a new (buffer) checkpoint loads into a learnable encoder too
+    make_encoder(learn_logit_scale=not learn).load_state_dict(new.state_dict())
+
+
+def test_argmax_index_and_gumbel_agreement_grow_with_the_scale() -> None:
+    """`argmax_index` is the eval assignment in both modes; in training the Gumbel sample
+    agrees with it far more often at CLIP's scale (100) than at 1/0.07."""
+    patches, pooled = make_inputs(4, (8, 8))
+    enc = make_encoder().eval()
+    out = enc(patches, pooled, (8, 8))
+    assert torch.equal(out.argmax_index, out.codebook_index)
+    agreement = {}
+    for scale in (1 / 0.07, 100.0):
+        enc = make_encoder(logit_scale=scale).train()
+        torch.manual_seed(0)
+        q = enc.quantizer(patches, pooled, enc.patch_embedding(patches, pooled))
+        expected = q.topk_ids.gather(1, q.patch_concept_logits.argmax(-1))
+        assert torch.equal(q.argmax_index, expected)
+        agreement[scale] = (q.codebook_index == q.argmax_index).float().mean().item()
+    assert agreement[100.0] > agreement[1 / 0.07] + 0.2, agreement

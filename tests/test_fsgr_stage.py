@@ -7,16 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import extract.fsgr_encode as fsgr_encode
 from extract.concepts import ConceptCodebook
 from extract.fsgr_encode import FsgrMeta, check_compatible, encode_fsgr
-from extract.fsgr_fit import fit_fsgr
+from extract.fsgr_fit import USAGE_FILE, build_encoder, clip_logit_scale, fit_fsgr, load_fsgr
 from shared.chunked_stage import ChunkedOutput
+from shared.clip_model import create_clip
 from shared.config import load_config
 from shared.datasets.demo_scenes import CATEGORIES, SYNONYMS, object_masks, patch_categories
 from shared.feature_store import FeatureStore
-from shared.manifest import read_manifest
+from shared.karpathy import load_karpathy, split_records
+from shared.manifest import current_state, decide, read_manifest
 from shared.stages import concepts_stage, encode_stage, fit_stage
 from tests.conftest import DEMO_CONFIG
 
@@ -125,3 +128,91 @@ def test_mismatched_cache_is_refused(demo_run) -> None:
         check_compatible(meta, {**attrs, "grid": [16, 16]}, "abc", "clip.zarr")
     with pytest.raises(RuntimeError, match="concept vocabulary"):
         check_compatible(meta, attrs, "other", "clip.zarr")
+
+
+def fit_log(config) -> list[dict]:
+    path = fit_stage(config).output.parent / "fit_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_logit_scale_is_the_clip_models_and_frozen(demo_run) -> None:
+    config, sets = demo_run
+    clip = create_clip(config.clip.model, config.clip.pretrained).model
+    expected = float(clip.logit_scale.detach().exp())
+    assert clip_logit_scale(config) == pytest.approx(expected, rel=1e-6)
+    encoder, _ = load_fsgr(config, torch.device("cpu"))
+    q = encoder.quantizer
+    assert q.scale.item() == pytest.approx(expected, rel=1e-6)
+    assert not q.logit_scale.requires_grad
+    assert "quantizer.logit_scale" not in dict(encoder.named_parameters())
+    assert read_manifest(fit_stage(config).output)["summary"]["logit_scale"] == pytest.approx(
+        expected, rel=1e-6)
+    assert all(r["logit_scale"] == pytest.approx(expected, rel=1e-6) for r in fit_log(config))
+
+    learn = load_config(DEMO_CONFIG, [*sets, "fsgr.learn_logit_scale=true"])
+    assert current_state(fit_stage(learn), learn)["identity"] != \
+        current_state(fit_stage(config), config)["identity"]
+    assert "fsgr.learn_logit_scale: False -> True" in decide(fit_stage(learn), learn).reason
+    meta = load_fsgr(config, torch.device("cpu"))[1]
+    learnable = build_encoder(learn, meta, q.visual_proj, q.concept_embeddings,
+                              clip_logit_scale(learn))
+    param = dict(learnable.named_parameters())["quantizer.logit_scale"]
+    assert param.requires_grad and param.exp().item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_fit_logs_gumbel_agreement_and_codebook_usage(demo_run) -> None:
+    """At CLIP's logit scale the straight-through Gumbel sample is the argmax assignment for
+    most training patches (chance: 1/top_k), and the val usage is recorded per concept."""
+    config, _ = demo_run
+    log = fit_log(config)
+    k = config.fsgr.top_k
+    n_concepts = len(ConceptCodebook.load(concepts_stage(config).output).words)
+    for record in log:
+        print(f"epoch {record['epoch']}: Gumbel = argmax {record['gumbel_argmax_agreement']:.3f}"
+              f" (chance {1 / k:.3f}), scale {record['logit_scale']:.2f}, codebook "
+              f"{record['codebook_used']}/{record['codebook_size']} concepts, entropy "
+              f"{record['codebook_entropy_bits']:.2f} bits")
+        assert record["gumbel_argmax_agreement"] > 3 / k
+        assert record["codebook_size"] == n_concepts
+        assert 1 <= record["codebook_used"] <= n_concepts
+        assert 0.0 <= record["codebook_entropy_bits"] <= np.log2(record["codebook_used"]) + 1e-9
+
+    usage = json.loads((fit_stage(config).output.parent / USAGE_FILE).read_text())
+    manifest = read_manifest(fit_stage(config).output)
+    assert usage["fit_identity"] == manifest["identity"]
+    assert usage["epoch"] == manifest["summary"]["best_epoch"]
+    counts = np.array(usage["counts"])
+    best = log[usage["epoch"] - 1]
+    n_val = len(split_records(load_karpathy(config.data.karpathy_json, config.data.image_root),
+                              "val"))
+    grid = tuple(read_manifest(encode_stage(config).output)["summary"]["grid"])
+    assert counts.shape == (n_concepts,) and counts.sum() == n_val * grid[0] * grid[1]
+    assert usage["codebook_patches"] == best["codebook_patches"] == counts.sum()
+    assert usage["codebook_used"] == best["codebook_used"] == (counts > 0).sum()
+    assert usage["codebook_entropy_bits"] == pytest.approx(best["codebook_entropy_bits"])
+    # the fit's val usage is the argmax map `extract encode` wrote for the val images
+    arrays = read_fsgr(encode_stage(config).output)
+    val_ids = {r.image_id for r in split_records(
+        load_karpathy(config.data.karpathy_json, config.data.image_root), "val")}
+    rows = np.isin(arrays["image_ids"], list(val_ids))
+    np.testing.assert_array_equal(
+        np.bincount(arrays["codebook_index"][rows].ravel(), minlength=n_concepts), counts)
+
+
+def test_report_reads_the_fits_codebook_usage(demo_run, tmp_path) -> None:
+    from evaluate.report import write_report
+    from evaluate.report_inputs import codebook_usage
+
+    config, _ = demo_run
+    usage = codebook_usage(config)
+    saved = json.loads((fit_stage(config).output.parent / USAGE_FILE).read_text())
+    np.testing.assert_array_equal(usage.counts, saved["counts"])
+    assert "val images" in usage.source and f"epoch {saved['epoch']}" in usage.source
+    words = ConceptCodebook.load(concepts_stage(config).output).words
+    html = write_report(tmp_path / "r.html", title="t", images=[], metrics={},
+                        concept_words=words, codebook_usage=usage).read_text()
+    top = int(np.argmax(usage.counts))
+    share = usage.counts[top] / usage.counts.sum()
+    assert f'<span class="swatch c{top}"></span>{words[top]}</th>' in html
+    assert f'<td class="share">{100 * share:.1f}%</td>' in html
+    assert f"{saved['codebook_used']} of {len(words)} concepts" in html

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from evaluate.report import Highlight, ReportImage, crop_box, format_metric, write_report
+from evaluate.report import (CodebookUsage, Highlight, ReportImage, crop_box, format_metric,
+                             write_report)
 
 CONCEPT_WORDS = ["sky", "grass", "dog", "tree", "road", "water"]
 METRICS = {"Bleu_4": 0.3871, "CIDEr": 1.1534, "SPICE": 0.2245, "CHAIRi": 0.0731,
@@ -48,6 +49,10 @@ def curves_png(path: Path) -> Path:
     draw.line([(20, 180), (460, 180)], fill="black")
     image.save(path)
     return path
+
+
+# patches per concept of CONCEPT_WORDS (+ one id without a word); "tree" is never used
+USAGE = CodebookUsage(np.array([50, 30, 15, 0, 4, 1, 0, 0]), "val images, argmax assignment")
 
 
 def patch_grid() -> np.ndarray:
@@ -92,7 +97,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ReportI
     out = write_report(root / "out" / "report.html", title="FSGR+PMA <test> run",
                        images=images, metrics=METRICS, curves_png=curves,
                        config_lines=["[fsgr]", "codebook = 512", "note = \"a < b\""],
-                       concept_words=CONCEPT_WORDS)
+                       concept_words=CONCEPT_WORDS, codebook_usage=USAGE)
     return out, images, curves
 
 
@@ -255,6 +260,80 @@ def test_patch_grid_overlay_and_legend(report) -> None:
     assert 'id="ov-22"' in text and text.count('class="ov-toggle"') == 1
     for cid in range(4):
         assert f".c{cid}{{--h:" in text
+
+
+class UsageParser(HTMLParser):
+    """(concept, share, patches) rows of the codebook-usage table, and its summary line."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: list[list[str]] = []
+        self.summary = ""
+        self._in_table = self._in_summary = False
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        classes = dict(attrs).get("class", "") or ""
+        if tag == "table" and "usage-table" in classes:
+            self._in_table = True
+        elif tag == "summary" and not self.summary:
+            self._in_summary = True
+        elif self._in_table and tag == "tr":
+            self.rows.append([])
+        elif self._in_table and tag in ("th", "td"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_table = False
+        elif tag == "summary":
+            self._in_summary = False
+        elif self._in_table and tag in ("th", "td") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_summary and "codebook usage" in data:
+            self.summary = data
+
+
+def test_codebook_usage_table(report) -> None:
+    text = report[0].read_text(encoding="utf-8")
+    start = text.index('<details class="usage"')
+    parser = UsageParser()
+    parser.feed(text[start:text.index("</details>", start) + len("</details>")])
+    header, *rows = parser.rows
+    assert header == ["concept", "", "share of patches", "patches"]
+    # most used first, unused concepts (tree, ids 6 and 7) left out
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        ("sky", "50.0%", "50"), ("grass", "30.0%", "30"), ("dog", "15.0%", "15"),
+        ("road", "4.0%", "4"), ("water", "1.0%", "1")]
+    shares = np.array([50, 30, 15, 4, 1]) / 100
+    entropy = -(shares * np.log2(shares)).sum()
+    assert parser.summary.startswith(
+        f"codebook usage: 5 of 8 concepts, entropy {entropy:.2f} bits, 100 patches")
+    assert "val images, argmax assignment" in parser.summary
+    assert 'class="bar c0" style="width:100.0%"' in text  # bars relative to the top concept
+    assert 'class="bar c1" style="width:60.0%"' in text
+    assert ".c4{--h:" in text and ".c5{--h:" in text  # swatch colours of listed concepts
+
+
+def test_codebook_usage_rows_are_capped(tmp_path: Path) -> None:
+    from evaluate.report import _Palette, render_usage
+
+    counts = np.arange(1, 121)[::-1].copy()  # 120 concepts, all used
+    html = render_usage(CodebookUsage(counts), None, _Palette(), max_rows=100)
+    parser = UsageParser()
+    parser.feed(html)
+    assert len(parser.rows) == 1 + 100 + 1
+    rest = counts[100:].sum()
+    assert parser.rows[-1] == ["20 more concepts", "", f"{100 * rest / counts.sum():.1f}%",
+                               str(rest)]
+    assert parser.rows[1][0] == "concept 0"
+    no_usage = write_report(tmp_path / "r.html", title="t", images=[], metrics={})
+    assert '<table class="usage-table"' not in no_usage.read_text(encoding="utf-8")
 
 
 def test_missing_image_gets_a_placeholder(report) -> None:

@@ -25,7 +25,7 @@ def test_xe_signature_without_chair_or_caption_files() -> None:
     config = load_config(DEMO_CONFIG, ["scst.enabled=false", "data.captions_json=[]",
                                        "eval.chair_vocabulary=extended", "eval.beam_size=3"])
     line = result_signature(config, 30, 200, chair_computed=False).line()
-    assert line == "train:xe|beam:3|maxlen:20|split:test(30)|refs:karpathy-json|chair:none"
+    assert line == "train:xe|beam:3|maxlen:20|split:test(30)|refs:karpathy-json|chair:not-computed"
     config = load_config(DEMO_CONFIG, ["eval.chair_vocabulary=extended",
                                        "scst.baseline=mean_others",
                                        "scst.loss_normalization=tokens",

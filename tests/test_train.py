@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import train.trainer as trainer
+from cluster.activation_prototypes import cluster_activations
 from shared.config import load_config
+from shared.manifest import read_manifest
 from shared.models.caption_decoder import caption_loss
 from shared.prototypes import read_banks
 from shared.stages import memory_banks_path, train_dir
@@ -27,16 +29,26 @@ def log_of(config) -> list[dict]:
             (train_dir(config) / "log.jsonl").read_text().splitlines()]
 
 
+def run_state(config) -> dict:
+    """What must be equal after an exact resume: last.pt's weights (prototypes included), its
+    banks file's rows and the dumped banks."""
+    last = train_dir(config) / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    banks = torch.load(last.with_name(ckpt["memory"]["banks_file"]), weights_only=True)
+    return {"model": ckpt["model"], "banks": banks["layers"],
+            "dump": read_banks(memory_banks_path(config))}
+
+
 @pytest.fixture(scope="module")
 def trained(demo_run):
     _, sets = demo_run
     config = load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS])
     lines = trainer.train(config, force=True, progress=False)
-    return config, sets, lines, log_of(config)
+    return config, sets, lines, log_of(config), run_state(config)
 
 
 def test_loss_falls_and_memory_is_built(trained) -> None:
-    config, _, lines, log = trained
+    config, _, lines, log, _ = trained
     assert len(log) == 2 and "best val CIDEr-D" in lines[-1]
     first_step_loss = 4.0  # ln(vocab) is ~4.3: the untrained start
     assert log[0]["train_loss"] < first_step_loss and log[1]["train_loss"] < 0.8 * log[0]["train_loss"]
@@ -50,8 +62,27 @@ def test_loss_falls_and_memory_is_built(trained) -> None:
     assert trainer.train(config, progress=False)[0].startswith("train: up to date")
 
 
+def test_banks_live_beside_the_checkpoint_in_float16(trained) -> None:
+    config = trained[0]
+    last = train_dir(config) / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    entry = ckpt["memory"]
+    assert set(entry) == {"banks_file", "token", "generator"}   # no bank rows in last.pt
+    assert [p.name for p in last.parent.glob("last.banks.*.pt")] == [entry["banks_file"]]
+    banks = torch.load(last.with_name(entry["banks_file"]), weights_only=True)
+    assert banks["token"] == entry["token"] and len(banks["layers"]) == config.decoder.n_dec_layers
+    for layer in banks["layers"]:
+        assert layer["keys"].dtype == layer["values"].dtype == torch.float16
+        assert layer["keys"].shape[0] == int(layer["sizes"].sum()) > 0
+    best = torch.load(train_dir(config) / "best.pt", weights_only=True)
+    assert set(best) == {"model", "epoch", "meta", "val_loss", "val_cider"}
+
+
 def test_resume_continues_exactly(trained, monkeypatch) -> None:
-    config, sets, _, uninterrupted = trained
+    """Interrupted after epoch 1 and resumed: the same losses, weights, prototypes and banks
+    as the uninterrupted run. Banks are float16 in both runs (the trainer stores every row in
+    float16 from the start), so the resumed run reads back exactly what the other one held."""
+    config, sets, _, uninterrupted, uninterrupted_state = trained
 
     def interrupt(*_):
         raise KeyboardInterrupt("simulated interruption after epoch 1")
@@ -65,6 +96,17 @@ def test_resume_continues_exactly(trained, monkeypatch) -> None:
     resumed = log_of(config)
     for key in ("train_loss", "val_loss", "val_cider", "prototype_refreshes", "step"):
         assert resumed[1][key] == uninterrupted[1][key], key
+    state = run_state(config)
+    assert state["model"].keys() == uninterrupted_state["model"].keys()
+    assert state["model"]["layers.0.self_attn.memory_keys"].shape[0] == 16
+    for name, tensor in state["model"].items():
+        assert torch.equal(tensor, uninterrupted_state["model"][name]), name
+    for layer, other in zip(state["banks"], uninterrupted_state["banks"]):
+        for key in ("keys", "values", "sizes", "generator"):
+            assert torch.equal(layer[key], other[key]), key
+    for (keys, values), (other_keys, other_values) in zip(state["dump"],
+                                                          uninterrupted_state["dump"]):
+        assert (keys == other_keys).all() and (values == other_values).all()
     other = load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS, "train.lr=1e-3"])
     with pytest.raises(RuntimeError, match=r"--resume: .*last\.pt is missing or was written "
                                            r"with another config \(config changed \(train\.lr"):
@@ -72,7 +114,7 @@ def test_resume_continues_exactly(trained, monkeypatch) -> None:
 
 
 def test_non_finite_loss_stops_and_keeps_last_good(trained, monkeypatch) -> None:
-    config, sets, _, _ = trained
+    config = trained[0]
     calls = {"n": 0}
 
     def nan_in_epoch_two(logits, targets, pad_id=0):
@@ -108,7 +150,7 @@ def test_any_cache_width_trains(trained, width: int) -> None:
 
 
 def test_ddp_two_cpu_processes(trained) -> None:
-    config, sets, _, _ = trained
+    sets = trained[1]
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
             "--master_port", "29517", "-m", "train", "--config", str(DEMO_CONFIG), "--force",
             "--xe-only"]
@@ -119,3 +161,22 @@ def test_ddp_two_cpu_processes(trained) -> None:
     log = log_of(load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS, "train.max_epochs=1"]))
     assert len(log) == 1 and 20 <= log[0]["step"] <= 24  # each rank streams ~half of 48
     assert "best val CIDEr-D" in proc.stdout
+
+
+def test_activation_prototypes_follow_the_training_run(trained) -> None:
+    """The bank dump carries the training run's identity: retraining with another `train.lr`
+    makes `cluster activations` re-run (it used to stay "up to date" on stale banks)."""
+    sets = trained[1]
+    one_epoch = [*sets, *TRAIN_SETS, "train.max_epochs=1"]
+    config = load_config(DEMO_CONFIG, one_epoch)
+    trainer.train(config, progress=False)
+    assert not cluster_activations(config, progress=False)[0].endswith("up to date")
+    assert cluster_activations(config, progress=False)[0].startswith(
+        "cluster activations: up to date")
+    other = load_config(DEMO_CONFIG, [*one_epoch, "train.lr=1e-3"])
+    trainer.train(other, progress=False)
+    lines = cluster_activations(other, progress=False)
+    assert lines[0] == f"cluster activations: input changed ({memory_banks_path(other)})"
+    assert read_manifest(memory_banks_path(other))["config"]["train.lr"] == 1e-3
+    assert cluster_activations(other, progress=False)[0].startswith(
+        "cluster activations: up to date")

@@ -476,7 +476,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     ckpt = None if force else restore_state(last, state["identity"], decoder, optimizer, device)
     if ckpt is not None:
         if memory is not None:
-            memory.load_state(ckpt["memory"])
+            memory.load_banks(last, ckpt["memory"], banks=ranks.main)
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
         start_cider = ckpt["start_cider"]
@@ -575,10 +575,13 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
                 save_atomic({"model": decoder.state_dict(), "epoch": epoch, "meta": best_meta,
                              "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
                             best)
+            banks = memory.save_banks(last) if memory is not None else {}  # before last.pt
             save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
-                         "memory": memory.state() if memory is not None else {},
+                         "memory": banks,
                          "epoch": epoch, "step": step, "best_cider": best_cider,
                          "stale_epochs": stale_epochs, "start_cider": start_cider}, last)
+            if memory is not None:
+                memory.drop_old_banks(last, banks)
             with log_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             plot_curves(log_path, train_dir(config) / "curves.png")

@@ -1,24 +1,78 @@
 """PMA-Net's memory during training: key/value banks per decoder layer, refreshed prototypes.
 
 Every step the decoder records the projected keys/values of its self-attention; the non-padding
-rows (at most `bank_cap / bank_iterations` per step, drawn uniformly) enter a per-layer bank
-covering the last `memory.bank_iterations` steps. After `memory.warmup_iterations` steps and
-then every `memory.refresh_stride` steps, M_K is rebuilt by FAISS K-Means on the key bank and
-M_V as the mean of the values of the `memory.knn` nearest keys of each centroid — the same
-library code as `python -m cluster activations`.
+rows (at most `bank_cap / bank_iterations / world` per step and rank, drawn uniformly) enter a
+per-layer bank covering the last `memory.bank_iterations` steps. After
+`memory.warmup_iterations` steps and then every `memory.refresh_stride` steps, M_K is rebuilt
+by FAISS K-Means on the key bank (trained on at most `memory.kmeans_max_points` sampled keys)
+and M_V as the mean of the values of the `memory.knn` nearest keys (of the whole bank) of each
+centroid — the same library code as `python -m cluster activations`. FAISS runs on the
+training device's own GPU when it has a GPU build and `cluster.device` allows it.
+
+- Banks hold float16 rows (halves the memory; a resumed run continues from exactly the rows
+  an uninterrupted run holds, since both only ever see the float16 values).
+- Several ranks (DDP): every step the ranks' sampled rows are all-gathered and rank 0 alone
+  keeps the bank, so its prototypes (broadcast to every rank by the trainer) are built from
+  all ranks' data, and its checkpoint holds the whole bank.
+- Checkpoints: the banks go to their own file beside `last.pt` (`save_banks`), not into it;
+  `last.pt` names that file and carries a matching token (`load_banks`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import uuid
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from shared.config import Config
 from shared.models.caption_decoder import CaptionDecoder
 from shared.models.memory_attention import MemoryBank
 from shared.prototypes import memory_prototypes, use_gpu_for
+
+BANKS_FORMAT = 1
+_HALF_MAX = 65504.0  # largest finite float16
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def to_bank_dtype(rows: torch.Tensor) -> torch.Tensor:
+    """Rows as banks store them: float16 (clamped to its finite range)."""
+    return rows.float().clamp(-_HALF_MAX, _HALF_MAX).to(torch.float16)
+
+
+def banks_file(checkpoint: Path, token: str) -> Path:
+    """`<dir>/<stem>.banks.<token>.pt` beside `checkpoint` (e.g. `last.banks.3f2a....pt`)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.banks.{token}.pt")
+
+
+def layer_prototypes(snapshots: list[tuple[torch.Tensor, torch.Tensor]], config: Config,
+                     gpu_device: int | None = None
+                     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list]:
+    """M_K / M_V (float32 numpy) and `PrototypeStats` of each layer's bank snapshot, with the
+    settings of `[memory]` / `[cluster]` (what one refresh computes; also `bench/refresh.py`)."""
+    mem, clu = config.memory, config.cluster
+    per_layer, stats = [], []
+    for keys, values in snapshots:
+        n = keys.shape[0]
+        m = min(mem.n_prototypes, n)
+        sample = mem.kmeans_max_points if mem.kmeans_max_points >= m else None
+        mk, mv, layer_stats = memory_prototypes(
+            keys.float().numpy(), values.float().numpy(), m, min(mem.knn, n), clu.n_iter,
+            clu.seed, use_gpu_for(clu.device), max_points=sample, gpu_device=gpu_device)
+        per_layer.append((mk, mv))
+        stats.append(layer_stats)
+    return per_layer, stats
 
 
 class SelfMemory:
@@ -26,23 +80,64 @@ class SelfMemory:
 
     def __init__(self, decoder: CaptionDecoder, config: Config) -> None:
         self.decoder, self.config = decoder, config.memory
-        self.cluster = config.cluster
+        self.full_config = config
+        if self.config.kmeans_max_points < 0:
+            raise ValueError(f"memory.kmeans_max_points must be >= 0 (0: every key), got "
+                             f"{self.config.kmeans_max_points}")
+        if 0 < self.config.kmeans_max_points < self.config.n_prototypes:
+            raise ValueError(f"memory.kmeans_max_points={self.config.kmeans_max_points} is "
+                             f"fewer than memory.n_prototypes={self.config.n_prototypes} "
+                             f"(0: train K-Means on every key)")
+        self.rank, self.world = _world()
         n_layers = len(decoder.memory_prototypes())
         seed = config.train.seed
         self.banks = [MemoryBank(self.config.bank_cap, self.config.bank_iterations, seed + i,
                                  device="cpu") for i in range(n_layers)]
-        self.rows_per_step = max(1, math.ceil(self.config.bank_cap / self.config.bank_iterations))
+        self.rows_per_step = max(1, math.ceil(
+            self.config.bank_cap / self.config.bank_iterations / self.world))
         self.generator = torch.Generator().manual_seed(seed)
         decoder.record_keys_values(True)
 
     def collect(self) -> None:
-        """Add the keys/values recorded by the last forward to the banks."""
-        for bank, (keys, values, mask) in zip(self.banks, self.decoder.recorded_keys_values()):
-            keys, values = keys[mask].float().cpu(), values[mask].float().cpu()
+        """Add the keys/values recorded by the last forward to the banks (of rank 0: every
+        rank's sampled rows are gathered there)."""
+        rows = []
+        for keys, values, mask in self.decoder.recorded_keys_values():
+            keys, values = keys[mask], values[mask]
             if keys.shape[0] > self.rows_per_step:
                 keep = torch.randperm(keys.shape[0], generator=self.generator)[:self.rows_per_step]
+                keep = keep.to(keys.device)
                 keys, values = keys[keep], values[keep]
-            bank.add(keys, values)
+            rows.append((to_bank_dtype(keys), to_bank_dtype(values)))
+        if self.world > 1:
+            rows = self._gather(rows)
+            if self.rank != 0:
+                return
+        for bank, (keys, values) in zip(self.banks, rows):
+            bank.add(keys.cpu(), values.cpu())
+
+    def _gather(self, rows: list[tuple[torch.Tensor, torch.Tensor]]
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """All ranks' rows of this step, rank order, per layer (one all_gather of the padded
+        rows, one of their counts)."""
+        like = rows[0][0]
+        width = like.shape[1]
+        packed = like.new_zeros(len(rows), 2, self.rows_per_step, width)
+        counts = torch.tensor([keys.shape[0] for keys, _ in rows], dtype=torch.int64,
+                              device=like.device)
+        for layer, (keys, values) in enumerate(rows):
+            packed[layer, 0, :keys.shape[0]] = keys
+            packed[layer, 1, :values.shape[0]] = values
+        all_packed = [torch.empty_like(packed) for _ in range(self.world)]
+        all_counts = [torch.empty_like(counts) for _ in range(self.world)]
+        dist.all_gather(all_counts, counts)
+        dist.all_gather(all_packed, packed)
+        gathered = []
+        for layer in range(len(rows)):
+            parts = [(data[layer, 0, :int(n[layer])], data[layer, 1, :int(n[layer])])
+                     for data, n in zip(all_packed, all_counts)]
+            gathered.append((torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])))
+        return gathered
 
     def due(self, step: int) -> bool:
         """Whether prototypes are rebuilt after `step` (1-based count of finished steps)."""
@@ -50,23 +145,50 @@ class SelfMemory:
         return step >= warm and (step - warm) % self.config.refresh_stride == 0
 
     def refresh(self) -> dict[str, float]:
-        """Rebuild M_K / M_V of every layer from its bank; returns summary numbers."""
-        per_layer, inertia, seconds = [], 0.0, 0.0
+        """Rebuild M_K / M_V of every layer from its bank; returns summary numbers.
+
+        With several ranks only rank 0 holds the banks: `refresh_synced` calls it there and
+        broadcasts the result."""
         device = self.decoder.head.weight.device
-        for bank in self.banks:
-            keys, values = bank.snapshot()
-            m = min(self.config.n_prototypes, keys.shape[0])
-            mk, mv, stats = memory_prototypes(keys.numpy(), values.numpy(), m,
-                                              min(self.config.knn, keys.shape[0]),
-                                              self.cluster.n_iter, self.cluster.seed,
-                                              use_gpu_for(self.cluster.device))
-            per_layer.append((torch.from_numpy(mk).to(device), torch.from_numpy(mv).to(device)))
-            inertia += float(stats.inertia)
-            seconds += float(stats.seconds)
-        self.decoder.set_memory_prototypes(per_layer)
-        return {"prototypes": per_layer[0][0].shape[0], "inertia": inertia, "seconds": seconds}
+        gpu_device = device.index if device.type == "cuda" else None
+        if gpu_device is None and device.type == "cuda":
+            gpu_device = torch.cuda.current_device()
+        per_layer, stats = layer_prototypes([bank.snapshot() for bank in self.banks],
+                                            self.full_config, gpu_device)
+        self.decoder.set_memory_prototypes([
+            (torch.from_numpy(mk).to(device), torch.from_numpy(mv).to(device))
+            for mk, mv in per_layer])
+        return {"prototypes": per_layer[0][0].shape[0],
+                "inertia": sum(float(s.inertia) for s in stats),
+                "fit_points": sum(s.n_fit_points for s in stats),
+                "seconds": sum(float(s.seconds) for s in stats)}
+
+    def refresh_synced(self) -> None:
+        """`refresh` on rank 0, then every rank installs the same prototypes (broadcast from
+        rank 0; collectives on the training device, as NCCL needs)."""
+        if self.rank == 0:
+            self.refresh()
+        if self.world == 1:
+            return
+        per_layer = self.decoder.memory_prototypes()
+        device = per_layer[0][0].device
+        rows = torch.tensor([per_layer[0][0].shape[0] if self.rank == 0 else 0], device=device)
+        dist.broadcast(rows, 0)
+        width = self.decoder.dims.d_model
+        synced = []
+        for keys, values in per_layer:
+            if self.rank != 0:
+                keys = torch.zeros(int(rows), width, device=device)
+                values = torch.zeros(int(rows), width, device=device)
+            dist.broadcast(keys, 0)
+            dist.broadcast(values, 0)
+            synced.append((keys, values))
+        self.decoder.set_memory_prototypes(synced)
+
+    # -- checkpoints --------------------------------------------------------------------------
 
     def state(self) -> dict:
+        """Everything to continue exactly, banks included (in memory; see `save_banks`)."""
         return {"banks": [bank.state() for bank in self.banks],
                 "generator": self.generator.get_state()}
 
@@ -74,6 +196,68 @@ class SelfMemory:
         for bank, bank_state in zip(self.banks, state["banks"]):
             bank.load_state(bank_state)
         self.generator.set_state(state["generator"])
+
+    def save_banks(self, checkpoint: Path) -> dict:
+        """Write the banks to a new file beside `checkpoint` (float16, fsync'd, renamed into
+        place) and return the small entry the checkpoint itself stores under "memory".
+
+        Call before writing the checkpoint and `drop_old_banks` after it: at any moment the
+        checkpoint on disk names a banks file that is complete, so the pair stays consistent
+        whenever the run is killed."""
+        token = uuid.uuid4().hex[:16]
+        path = banks_file(checkpoint, token)
+        layers = []
+        for bank in self.banks:
+            state = bank.state()
+            keys, values = state["keys"], state["values"]
+            width = keys[0].shape[1] if keys else 0
+            layers.append({
+                "keys": torch.cat(keys) if keys else torch.zeros(0, width, dtype=torch.float16),
+                "values": torch.cat(values) if values else
+                torch.zeros(0, width, dtype=torch.float16),
+                "sizes": torch.tensor([k.shape[0] for k in keys], dtype=torch.int64),
+                "generator": state["generator"]})
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with tmp.open("wb") as fh:
+            torch.save({"format": BANKS_FORMAT, "token": token, "layers": layers}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return {"banks_file": path.name, "token": token, "generator": self.generator.get_state()}
+
+    @staticmethod
+    def drop_old_banks(checkpoint: Path, entry: dict) -> None:
+        """Remove the banks files of `checkpoint` other than the one `entry` names."""
+        checkpoint = Path(checkpoint)
+        for pattern in (f"{checkpoint.stem}.banks.*.pt", f".{checkpoint.stem}.banks.*.pt.tmp*"):
+            for path in checkpoint.parent.glob(pattern):
+                if path.name != entry.get("banks_file"):
+                    path.unlink(missing_ok=True)
+
+    def load_banks(self, checkpoint: Path, entry: dict, banks: bool = True) -> None:
+        """Restore what `save_banks` wrote for `checkpoint` (its "memory" entry); `banks=False`
+        restores only the sampling state (DDP ranks other than 0 keep no banks)."""
+        name = entry.get("banks_file")
+        if name is None:
+            raise RuntimeError(f"{checkpoint}: no memory banks entry; run with --force to start "
+                               f"over")
+        self.generator.set_state(entry["generator"].to("cpu", torch.uint8))
+        if not banks:
+            return
+        path = Path(checkpoint).with_name(name)
+        if not path.is_file():
+            raise RuntimeError(f"{checkpoint} needs its memory banks {path}, which is missing; "
+                               f"run with --force to start over")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != BANKS_FORMAT or payload.get("token") != entry["token"] or \
+                len(payload["layers"]) != len(self.banks):
+            raise RuntimeError(f"{path} does not belong to {checkpoint}; run with --force to "
+                               f"start over")
+        for bank, layer in zip(self.banks, payload["layers"]):
+            sizes = layer["sizes"].tolist()
+            bank.load_state({"keys": [rows.clone() for rows in layer["keys"].split(sizes)],
+                             "values": [rows.clone() for rows in layer["values"].split(sizes)],
+                             "generator": layer["generator"]})
 
     def dump(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Current bank contents per layer (for `runs/<dataset>/memory/banks.npz`)."""

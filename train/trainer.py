@@ -4,7 +4,8 @@ One sample per (image, caption); batches stream from the Zarr/HDF5 cache (chunk-
 shuffle buffer, background prefetch). Adam(0.9, 0.98) with linear warm-up and step decay,
 gradient clipping, AMP (bf16 on CUDA). Each epoch: validation loss and greedy CIDEr-D on val,
 `last.pt` (everything needed to continue exactly: model incl. prototypes, optimizer, RNG,
-memory banks, step, patience) and `best.pt`, written atomically; early stopping on val CIDEr-D.
+step, patience; the float16 memory banks in their own `last.banks.<token>.pt` beside it, which
+`last.pt` names) and `best.pt` (model-sized), written atomically; early stopping on val CIDEr-D.
 Metrics go to `log.jsonl` and `curves.png`. Multi-GPU / multi-process with `torchrun`
 (DistributedDataParallel, each rank streams its own share of the chunks).
 """
@@ -60,7 +61,8 @@ def init_distributed(device: torch.device) -> Ranks:
     if world == 1:
         return Ranks()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # gloo for the CPU tensors of the loop's own collectives, nccl for CUDA ones
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return Ranks(dist.get_rank(), dist.get_world_size())
 
 
@@ -138,7 +140,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
     ckpt = None if force else restore_state(last, state["identity"], decoder, optimizer, device)
     if ckpt is not None:
         if memory is not None:
-            memory.load_state(ckpt["memory"])
+            memory.load_banks(last, ckpt["memory"], banks=ranks.main)
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
         lines.append(f"train: resuming after epoch {start_epoch} (step {step})")
@@ -208,10 +210,13 @@ def train(config: Config, force: bool = False, progress: bool = True,
                                       "visual_input": config.decoder.visual_input},
                              "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
                             best)
+            banks = memory.save_banks(last) if memory is not None else {}  # before last.pt
             save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
-                         "memory": memory.state() if memory is not None else {},
+                         "memory": banks,
                          "epoch": epoch, "step": step, "best_cider": best_cider,
                          "stale_epochs": stale_epochs}, last)
+            if memory is not None:
+                memory.drop_old_banks(last, banks)
             with log_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             plot_curves(log_path, out_dir / "curves.png")
@@ -240,20 +245,6 @@ def train(config: Config, force: bool = False, progress: bool = True,
 
 def refresh_prototypes(memory: SelfMemory, decoder: CaptionDecoder, ranks: Ranks
                        ) -> None:
-    """Rebuild prototypes on rank 0 and give every rank the same ones."""
-    if ranks.main:
-        memory.refresh()
-    if ranks.world > 1:
-        per_layer = decoder.memory_prototypes()
-        shape = torch.tensor([per_layer[0][0].shape[0] if ranks.main else 0])
-        dist.broadcast(shape, 0)
-        width = decoder.dims.d_model
-        synced = []
-        for keys, values in per_layer:
-            if not ranks.main:
-                keys = torch.zeros(int(shape), width, device=keys.device)
-                values = torch.zeros(int(shape), width, device=values.device)
-            dist.broadcast(keys, 0)
-            dist.broadcast(values, 0)
-            synced.append((keys, values))
-        decoder.set_memory_prototypes(synced)
+    """Rebuild prototypes on rank 0 (whose banks hold every rank's rows, see `SelfMemory`)
+    and give every rank the same ones."""
+    memory.refresh_synced()

@@ -48,10 +48,11 @@ class QuantizerOutput:
     """Result of ``SemanticQuantizer``; indices refer to the full concept vocabulary."""
 
     bridged_map: Tensor  # [B, P, E], unit rows
-    codebook_index: Tensor  # [B, P] long
+    codebook_index: Tensor  # [B, P] long: the assignment used (Gumbel sample in training)
     topk_ids: Tensor  # [B, k] long
     patch_concept_logits: Tensor  # [B, P, k]
     pseudo_labels: Tensor  # [B, P] long
+    argmax_index: Tensor  # [B, P] long: the eval (argmax) assignment, = codebook_index in eval
 
 
 def _cosines(patches: Tensor, concepts: Tensor) -> Tensor:
@@ -64,14 +65,24 @@ class SemanticQuantizer(nn.Module):
 
     ``visual_proj`` [W, E] (CLIP visual projection) and the concept codebook [C, E] (CLIP text
     embeddings, L2-normalised here) are frozen buffers. Logits are
-    ``scale * cos(normalize(patch @ visual_proj + adapter(patch_embedding)), concept_k)``; the
-    zero-initialised ``adapter`` and the learnable CLIP-style logit scale are the only parameters.
-    Training uses a hard straight-through Gumbel-softmax, eval a plain argmax one-hot.
+    ``scale * cos(normalize(patch @ visual_proj + adapter(patch_embedding)), concept_k)``.
+    ``scale`` is the CLIP model's own logit scale (``clip_model.logit_scale.exp()``: 100 for
+    OpenAI's weights), as FSGR does; ``logit_scale`` holds its log, as in CLIP. It is a frozen
+    buffer, or with ``learn_logit_scale`` a parameter initialised there (clamped at
+    ``max(100, logit_scale)`` like CLIP's). The zero-initialised ``adapter`` is the only other
+    parameter. Training uses a hard straight-through Gumbel-softmax (tau ``gumbel_tau``), eval a
+    plain argmax one-hot: with a small scale the Gumbel noise dominates and training would see a
+    nearly random map while eval uses the argmax one.
+    Checkpoints of either kind (and older ones, whose ``logit_scale`` was a parameter) load into
+    both: the saved value replaces the constructor's.
     """
 
     def __init__(self, d_model: int, visual_proj: Tensor, concept_embeddings: Tensor | None = None,
-                 top_k: int = 20, gumbel_tau: float = 1.0) -> None:
+                 top_k: int = 20, gumbel_tau: float = 1.0, logit_scale: float = 100.0,
+                 learn_logit_scale: bool = False) -> None:
         super().__init__()
+        if not math.isfinite(logit_scale) or logit_scale <= 0:
+            raise ValueError(f"logit_scale must be a positive number, got {logit_scale}")
         self.top_k = top_k
         self.gumbel_tau = gumbel_tau
         self.register_buffer("visual_proj", visual_proj.detach().clone().float())
@@ -82,7 +93,20 @@ class SemanticQuantizer(nn.Module):
         self.adapter = nn.Linear(d_model, embed_dim)
         nn.init.zeros_(self.adapter.weight)
         nn.init.zeros_(self.adapter.bias)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        log_scale = torch.tensor(math.log(logit_scale))
+        self.learn_logit_scale = learn_logit_scale
+        self.max_log_scale = max(math.log(100.0), float(log_scale))
+        if learn_logit_scale:
+            self.logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("logit_scale", log_scale)
+
+    @property
+    def scale(self) -> Tensor:
+        """The multiplier of the patch-concept cosines (a 0-d tensor)."""
+        if self.learn_logit_scale:
+            return self.logit_scale.clamp(max=self.max_log_scale).exp()
+        return self.logit_scale.exp()
 
     def set_codebook(self, concept_embeddings: Tensor) -> None:
         """Install a [C, E] concept codebook (L2-normalised, frozen)."""
@@ -122,16 +146,17 @@ class SemanticQuantizer(nn.Module):
 
         adapted = full_precision(F.linear, patch_embedding, self.adapter.weight, self.adapter.bias)
         query = F.normalize(patch_proj + adapted, dim=-1)
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        logits = scale * _cosines(query, concept_k)  # [B, P, k]
+        logits = self.scale.float() * _cosines(query, concept_k)  # [B, P, k]
+        best = logits.detach().argmax(-1)
         if self.training:
             assignment = F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)
         else:
-            assignment = F.one_hot(logits.argmax(-1), k).to(logits.dtype)
+            assignment = F.one_hot(best, k).to(logits.dtype)
         bridged_map = F.normalize(full_precision(torch.matmul, assignment, concept_k),
                                   dim=-1)  # [B, P, E]
-        codebook_index = topk_ids.gather(1, assignment.argmax(-1))
-        return QuantizerOutput(bridged_map, codebook_index, topk_ids, logits, pseudo_labels)
+        codebook_index = topk_ids.gather(1, assignment.detach().argmax(-1))
+        return QuantizerOutput(bridged_map, codebook_index, topk_ids, logits, pseudo_labels,
+                               topk_ids.gather(1, best))
 
 
 class SinePositionEmbedding2D(nn.Module):
@@ -315,6 +340,7 @@ class FsgrOutput:
     patch_embeddings: Tensor  # [B, P, d_model], input of the local contrastive loss
     pseudo_labels: Tensor  # [B, P] long
     bridged_map: Tensor  # [B, P, E]
+    argmax_index: Tensor | None = None  # [B, P] long: eval assignment (= codebook_index in eval)
 
 
 class FsgrEncoder(nn.Module):
@@ -322,14 +348,15 @@ class FsgrEncoder(nn.Module):
 
     def __init__(self, clip_width: int, embed_dim: int, d_model: int, n_layers: int, n_heads: int,
                  d_ff: int, dropout: float, top_k: int, gumbel_tau: float, visual_proj: Tensor,
-                 concept_embeddings: Tensor | None = None) -> None:
+                 concept_embeddings: Tensor | None = None, logit_scale: float = 100.0,
+                 learn_logit_scale: bool = False) -> None:
         super().__init__()
         if tuple(visual_proj.shape) != (clip_width, embed_dim):
             raise ValueError(f"visual_proj must be [{clip_width}, {embed_dim}], "
                              f"got {tuple(visual_proj.shape)}")
         self.patch_embedding = PatchEmbedding(clip_width, embed_dim, d_model, dropout)
         self.quantizer = SemanticQuantizer(d_model, visual_proj, concept_embeddings, top_k,
-                                           gumbel_tau)
+                                           gumbel_tau, logit_scale, learn_logit_scale)
         self.interaction = CrossModalInteraction(n_layers, d_model, n_heads, d_ff, dropout,
                                                  embed_dim)
 
@@ -342,7 +369,7 @@ class FsgrEncoder(nn.Module):
         q = self.quantizer(patch_tokens, image_embed, patches)
         features = self.interaction(patches, q.bridged_map, grid)
         return FsgrOutput(features, q.codebook_index, q.topk_ids, patches, q.pseudo_labels,
-                          q.bridged_map)
+                          q.bridged_map, q.argmax_index)
 
     @staticmethod
     def contrastive_loss(output: FsgrOutput, temperature: float = 0.07, max_anchors: int = 4096,
