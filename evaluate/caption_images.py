@@ -52,7 +52,8 @@ class ImageCaptioner:
     def __init__(self, config: Config) -> None:
         self.config, self.device = config, resolve_device(config.clip.device)
         self.trained = load_trained_decoder(config, self.device)
-        self.clip = create_clip(config.clip.model, config.clip.pretrained, self.device)
+        self.clip = create_clip(config.clip.model, config.clip.pretrained, self.device,
+                                patch_attention=config.clip.patch_attention)
         self.fsgr = None
         if self.trained.visual_input == "fsgr":
             self.fsgr, self.meta = load_fsgr(config, self.device)
