@@ -27,7 +27,7 @@ from typing import Any
 from evaluate.chair_vocabulary import Mention, ObjectWords, vocabulary_for
 
 __all__ = ["ImageChair", "Mention", "chair_scores", "ground_truth_objects", "image_chair",
-           "metric_names", "read_categories", "read_instances"]
+           "metric_names", "read_categories", "read_instances", "vocabulary_of"]
 
 
 def metric_names(vocabulary: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from shared.images import ImageError, load_rgb
+from shared.models.fsgr import usage_summary
 
 JPEG_QUALITY = 75
 
@@ -295,7 +296,7 @@ def render_usage(usage: CodebookUsage | None, words: list[str] | None, palette: 
     used = np.flatnonzero(counts > 0)
     order = used[np.argsort(-counts[used], kind="stable")]
     shares = counts[order] / max(total, 1)
-    entropy = float(abs((shares * np.log2(shares)).sum())) if total else 0.0
+    entropy = usage_summary(counts)["codebook_entropy_bits"]
     shown = order[:max_rows]
     palette.ids.update(int(c) for c in shown)
     top = shares[0] if len(shares) else 1.0

@@ -46,9 +46,10 @@ def split_of(config: Config, dataset: list[ImageRecord] | None = None) -> list[I
     return records
 
 
-def write_captions(config: Config, force: bool = False, progress: bool = True
-                   ) -> tuple[dict[int, str], str]:
-    """Decode `eval.split` (or reuse the up-to-date captions.json); returns captions and a line."""
+def write_captions(config: Config, force: bool = False, progress: bool = True,
+                   dataset: list[ImageRecord] | None = None) -> tuple[dict[int, str], str]:
+    """Decode `eval.split` of `dataset` (default: the Karpathy json), or reuse the up-to-date
+    captions.json; returns captions and a line."""
     spec = captions_stage(config)
     decision = decide(spec, config, force=force)
     if decision.up_to_date:
@@ -57,7 +58,7 @@ def write_captions(config: Config, force: bool = False, progress: bool = True
     device = resolve_device(config.clip.device)
     trained = load_trained_decoder(config, device)
     started = time.perf_counter()
-    captions = decode_records(config, trained, split_of(config), device, progress)
+    captions = decode_records(config, trained, split_of(config, dataset), device, progress)
     if not captions:
         raise RuntimeError(f"no image of split '{config.eval.split}' is readable in the cache")
     seconds = time.perf_counter() - started
@@ -81,17 +82,23 @@ def read_captions(path) -> dict[int, str]:  # noqa: ANN001
 
 def score(config: Config, force: bool = False, progress: bool = True) -> list[str]:
     """Decode (if needed) and score `eval.split`; returns the lines to print (incl. a table).
-    The annotation files are checked before anything is decoded."""
-    check_annotation_files(config)
-    captions, captions_line = write_captions(config, force=force, progress=progress)
+    When there is anything to compute, the annotation files are checked before decoding."""
     spec = eval_stage(config)
+    try:
+        to_compute = not decide(spec, config, force=force).up_to_date
+    except FileNotFoundError:  # an input is missing: say which, with the fix, if it is ours
+        to_compute = True
+    if to_compute:
+        check_annotation_files(config)
+    dataset = load_karpathy(config.data.karpathy_json, config.data.image_root)
+    captions, captions_line = write_captions(config, force=force, progress=progress,
+                                             dataset=dataset)
     decision = decide(spec, config, force=force)
     if decision.up_to_date:
         metrics = json.loads(spec.output.read_text())
         return [captions_line, f"evaluate score: {decision.reason}",
                 *summary_lines(config, metrics)]
     remove_manifest(spec.output)
-    dataset = load_karpathy(config.data.karpathy_json, config.data.image_root)
     records = {r.image_id: r for r in split_of(config, dataset) if r.image_id in captions}
     references = reference_captions(list(records.values()), config.data.captions_json)
     scores = score_captions(captions, references, spice=config.eval.spice)

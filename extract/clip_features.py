@@ -2,7 +2,8 @@
 
 Writes per row (one image): `patch_tokens` [P, W] (after ln_post, without CLS), `image_embed`
 [E] (pooled, projected), `image_ids`, `valid` (0 where the image could not be read); and once:
-`visual_proj` [W, E], the projection FSGR uses to bring patch tokens into the joint space.
+`visual_proj` [W, E], the projection FSGR uses to bring patch tokens into the joint space; the
+store attributes also record the model's `logit_scale.exp()` (FSGR's patch-concept scale).
 `clip.patch_attention = "csa"` takes the patch tokens from the last block's correlative
 self-attention (SCLIP; `shared.clip_model.encode_images`); `image_embed` stays the standard one.
 Images are decoded in DataLoader workers; chunks are written by a background thread while the
@@ -98,7 +99,8 @@ def store_attrs(bundle: ClipBundle, config: Config) -> dict[str, Any]:
     return {"kind": "clip", "model": bundle.name, "pretrained": config.clip.pretrained,
             "grid": list(bundle.grid_size), "n_patches": bundle.n_patches,
             "width": bundle.width, "embed_dim": bundle.embed_dim,
-            "image_size": bundle.image_size, "patch_attention": bundle.patch_attention}
+            "image_size": bundle.image_size, "patch_attention": bundle.patch_attention,
+            "logit_scale": float(bundle.model.logit_scale.detach().float().exp())}
 
 
 class _ChunkAssembler:

@@ -7,11 +7,11 @@ validates each epoch (val loss and greedy CIDEr-D), keeps `last.pt` / `best.pt` 
 `runs/<dataset>/fsgr/`, resumes from `last.pt`, and finally writes `fsgr.pt` (the best FSGR
 encoder weights + what it was fitted on) with its manifest.
 
-The patch-concept logits use the CLIP model's own logit scale (`clip_logit_scale`), frozen
-unless `fsgr.learn_logit_scale`. Each epoch also logs how often the straight-through Gumbel
-sample equals the argmax assignment over the epoch's training patches, and the codebook usage
-of the argmax (eval) assignment over the val images (concepts used, usage entropy in bits);
-the best epoch's per-concept counts go to `fsgr/codebook_usage.json` for `evaluate report`.
+The patch-concept logits use the CLIP model's own logit scale (`clip_logit_scale`, recorded by
+`extract clip`), frozen unless `fsgr.learn_logit_scale`. Each epoch also logs how often the
+straight-through Gumbel sample equals the argmax assignment over the epoch's training
+patches, and the codebook usage of the argmax (eval) assignment over the val images
+(concepts used, usage entropy in bits); the best epoch's per-concept counts go to `fsgr/codebook_usage.json` for `evaluate report`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from extract.concepts import ConceptCodebook
 from shared.cache_batches import CacheBatches, caption_samples
-from shared.clip_model import create_clip
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import FeatureStore
@@ -36,7 +35,7 @@ from shared.karpathy import load_karpathy, split_records
 from shared.manifest import (current_state, decide, remove_manifest, require_current,
                              write_json_atomic, write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
-from shared.models.fsgr import FsgrEncoder
+from shared.models.fsgr import FsgrEncoder, usage_summary
 from shared.training_schedule import lr_factor, restore_state, resume_state, save_atomic
 from shared.validation import validation_scores
 from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
@@ -69,22 +68,13 @@ def build_encoder(config: Config, meta: FsgrMeta, visual_proj: torch.Tensor,
                        logit_scale, f.learn_logit_scale)
 
 
-def clip_logit_scale(config: Config) -> float:
-    """`logit_scale.exp()` of the run's CLIP (`clip.model` / `clip.pretrained`, the model the
-    cache and the concept codebook come from): 100 for OpenAI's weights. Leaves the random
-    state as it was (building the model draws its initial weights)."""
-    with torch.random.fork_rng(devices=[]):
-        bundle = create_clip(config.clip.model, config.clip.pretrained, device="cpu")
-    return float(bundle.model.logit_scale.detach().float().exp())
-
-
-def usage_summary(counts: np.ndarray) -> dict[str, float | int]:
-    """Concepts used (count > 0), patches counted, and the entropy (bits) of the usage."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    share = counts[counts > 0] / max(total, 1.0)
-    return {"codebook_used": int((counts > 0).sum()), "codebook_patches": int(total),
-            "codebook_entropy_bits": float(abs((share * np.log2(share)).sum()))}
+def clip_logit_scale(attrs: dict) -> float:
+    """`logit_scale.exp()` of the run's CLIP (100 for OpenAI's weights), as `extract clip`
+    recorded it in the CLIP store's attributes."""
+    if "logit_scale" not in attrs:
+        raise RuntimeError("the CLIP cache does not record its model's logit scale (written "
+                           "by older code): run python -m extract clip --force")
+    return float(attrs["logit_scale"])
 
 
 class FsgrCaptioner(nn.Module):
@@ -125,7 +115,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     meta = FsgrMeta(attrs["model"], tuple(attrs["grid"]), attrs["width"], attrs["embed_dim"],
                     state["inputs"][str(concepts_stage(config).output)], len(codebook.words))
     vocab = Vocabulary.load(vocab_stage(config).output)
-    scale = clip_logit_scale(config)
+    scale = clip_logit_scale(attrs)
     encoder = build_encoder(config, meta, visual_proj, torch.from_numpy(codebook.embeddings),
                             scale)
     dims = DecoderDims(d_visual=config.fsgr.d_model, vocab_size=len(vocab),

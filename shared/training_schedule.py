@@ -3,6 +3,8 @@ checkpoints, and resuming a `last.pt` exactly (weights, optimizer, random state)
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,8 @@ def restore_state(path: Path, identity: str, model: torch.nn.Module,
 
     The file is read onto the CPU whatever device wrote it or this run uses: random states
     must be CPU byte tensors, and the loop's own entries (memory banks, generators) live on
-    the CPU. Weights and optimizer state are then moved to `device` / their parameter's
-    device explicitly."""
+    the CPU. The model is then moved to `device`, and `Optimizer.load_state_dict` puts the
+    optimizer state on each parameter's device."""
     if not path.exists():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -43,22 +45,9 @@ def restore_state(path: Path, identity: str, model: torch.nn.Module,
         return None
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    optimizer_state_to_params(optimizer)
+    optimizer.load_state_dict(ckpt["optimizer"])  # casts the state to each param's device
     restore_rng(ckpt, device)
     return ckpt
-
-
-def optimizer_state_to_params(optimizer: torch.optim.Optimizer) -> None:
-    """Put every per-parameter state tensor (Adam's moments, ...) on its parameter's device;
-    `step` counters stay where `Optimizer.load_state_dict` put them (on the CPU unless the
-    optimizer is capturable/fused)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in list(state.items()):
-                if key != "step" and torch.is_tensor(value) and value.device != param.device:
-                    state[key] = value.to(param.device)
 
 
 def restore_rng(ckpt: dict[str, Any], device: torch.device) -> None:
@@ -70,7 +59,10 @@ def restore_rng(ckpt: dict[str, Any], device: torch.device) -> None:
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """`torch.save` to a temporary file, then rename: a checkpoint is whole or absent."""
+    """`torch.save` to a temporary file, fsync, then rename: a checkpoint is whole or absent."""
     tmp = Path(path).with_name(Path(path).name + ".tmp")
-    torch.save(payload, tmp)
+    with tmp.open("wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.replace(path)

@@ -20,7 +20,7 @@ from shared.datasets.demo_scenes import CATEGORIES, SYNONYMS, object_masks, patc
 from shared.feature_store import FeatureStore
 from shared.karpathy import load_karpathy, split_records
 from shared.manifest import current_state, decide, read_manifest
-from shared.stages import concepts_stage, encode_stage, fit_stage
+from shared.stages import clip_stage, concepts_stage, encode_stage, fit_stage
 from tests.conftest import DEMO_CONFIG
 
 
@@ -139,7 +139,9 @@ def test_logit_scale_is_the_clip_models_and_frozen(demo_run) -> None:
     config, sets = demo_run
     clip = create_clip(config.clip.model, config.clip.pretrained).model
     expected = float(clip.logit_scale.detach().exp())
-    assert clip_logit_scale(config) == pytest.approx(expected, rel=1e-6)
+    with FeatureStore.open(clip_stage(config).output) as store:
+        attrs = store.attrs
+    assert clip_logit_scale(attrs) == pytest.approx(expected, rel=1e-6)
     encoder, _ = load_fsgr(config, torch.device("cpu"))
     q = encoder.quantizer
     assert q.scale.item() == pytest.approx(expected, rel=1e-6)
@@ -155,7 +157,7 @@ def test_logit_scale_is_the_clip_models_and_frozen(demo_run) -> None:
     assert "fsgr.learn_logit_scale: False -> True" in decide(fit_stage(learn), learn).reason
     meta = load_fsgr(config, torch.device("cpu"))[1]
     learnable = build_encoder(learn, meta, q.visual_proj, q.concept_embeddings,
-                              clip_logit_scale(learn))
+                              clip_logit_scale(attrs))
     param = dict(learnable.named_parameters())["quantizer.logit_scale"]
     assert param.requires_grad and param.exp().item() == pytest.approx(expected, rel=1e-6)
 

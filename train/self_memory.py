@@ -21,7 +21,6 @@ training device's own GPU when it has a GPU build and `cluster.device` allows it
 from __future__ import annotations
 
 import math
-import os
 import uuid
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from shared.config import Config
 from shared.models.caption_decoder import CaptionDecoder
 from shared.models.memory_attention import MemoryBank
 from shared.prototypes import memory_prototypes, use_gpu_for
+from shared.training_schedule import save_atomic
 
 BANKS_FORMAT = 1
 _HALF_MAX = 65504.0  # largest finite float16
@@ -198,8 +198,8 @@ class SelfMemory:
         self.generator.set_state(state["generator"])
 
     def save_banks(self, checkpoint: Path) -> dict:
-        """Write the banks to a new file beside `checkpoint` (float16, fsync'd, renamed into
-        place) and return the small entry the checkpoint itself stores under "memory".
+        """Write the banks to a new file beside `checkpoint` (float16, `save_atomic`) and
+        return the small entry the checkpoint itself stores under "memory".
 
         Call before writing the checkpoint and `drop_old_banks` after it: at any moment the
         checkpoint on disk names a banks file that is complete, so the pair stays consistent
@@ -217,19 +217,14 @@ class SelfMemory:
                 torch.zeros(0, width, dtype=torch.float16),
                 "sizes": torch.tensor([k.shape[0] for k in keys], dtype=torch.int64),
                 "generator": state["generator"]})
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with tmp.open("wb") as fh:
-            torch.save({"format": BANKS_FORMAT, "token": token, "layers": layers}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        save_atomic({"format": BANKS_FORMAT, "token": token, "layers": layers}, path)
         return {"banks_file": path.name, "token": token, "generator": self.generator.get_state()}
 
     @staticmethod
     def drop_old_banks(checkpoint: Path, entry: dict) -> None:
         """Remove the banks files of `checkpoint` other than the one `entry` names."""
         checkpoint = Path(checkpoint)
-        for pattern in (f"{checkpoint.stem}.banks.*.pt", f".{checkpoint.stem}.banks.*.pt.tmp*"):
+        for pattern in (f"{checkpoint.stem}.banks.*.pt", f"{checkpoint.stem}.banks.*.pt.tmp"):
             for path in checkpoint.parent.glob(pattern):
                 if path.name != entry.get("banks_file"):
                     path.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -379,3 +380,12 @@ class FsgrEncoder(nn.Module):
         return supervised_contrastive_loss(output.patch_embeddings.reshape(-1, d),
                                            output.pseudo_labels.reshape(-1), temperature,
                                            max_anchors, generator)
+
+
+def usage_summary(counts: np.ndarray) -> dict[str, float | int]:
+    """Concepts used (count > 0), patches counted, and the entropy (bits) of the usage."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    share = counts[counts > 0] / max(total, 1.0)
+    return {"codebook_used": int((counts > 0).sum()), "codebook_patches": int(total),
+            "codebook_entropy_bits": float(abs((share * np.log2(share)).sum()))}
