@@ -69,7 +69,7 @@ ablation: all
 	  CLIP+PMA=$(RUNS)/experiments/clip_pma FSGR=$(RUNS)/experiments/fsgr FSGR+PMA=$(RUNS)
 
 status: setup
-	$(PY) -m shared.status --config $(CONFIG)
+	$(PY) -m shared.status --config $(CONFIG) $(ARGS)
 
 bench: setup
 	$(PY) bench/extract.py

@@ -50,7 +50,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_image_set(Path(tmp) / "data", args.images)
-        bundle = create_clip(args.model, "")
+        bundle = create_clip(args.model, "random")
         records = load_karpathy(data / "dataset.json", data / "images")
         batches = chunk_batches(list(range(-(-args.images // args.batch))), args.batch,
                                 args.images, args.batch)

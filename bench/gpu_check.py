@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def forward_flops_per_image(model_name: str) -> float:
     """Forward FLOPs of the vision tower for one image."""
-    bundle = create_clip(model_name, "", device="cuda")
+    bundle = create_clip(model_name, "random", device="cuda")
     images = torch.randn(1, 3, bundle.image_size, bundle.image_size, device="cuda")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         encode_images(bundle, images)

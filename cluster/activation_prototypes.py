@@ -11,12 +11,14 @@ written with `shared.prototypes.write_banks`), an npz holding
 plus its manifest `banks.npz.manifest.json` (`shared.manifest.write_manifest`), whose identity
 makes these prototypes stale when a new dump is written (without one, the file's hash is used).
 
-Output: `runs/<ds>/prototypes/memory.npz` in the same layout with m = `memory.n_prototypes` rows
-per layer, float32 (`shared.prototypes.read_memory_prototypes`): M_K = K-Means centroids of the
-layer's keys (fitted on at most `cluster.max_points` of them, FAISS's seeded sub-sample of
+Output: `runs/<ds>/prototypes/memory.npz` in the same layout with m rows per layer, float32
+(`shared.prototypes.read_memory_prototypes`): M_K = K-Means centroids of the layer's keys
+(fitted on at most `cluster.max_points` of them, FAISS's seeded sub-sample of
 m x (cluster.max_points // m) keys), M_V = mean of the values whose keys are the `memory.knn`
 nearest neighbours of each centroid in the whole bank; the reported inertia is over the whole
-bank.
+bank. m is `memory.n_prototypes`, or the layer's number of keys when its bank is smaller:
+the rule every trainer refresh follows too (`shared.prototypes.prototype_count`), stated in a
+warning line and in the manifest summary's `warnings`, never silently.
 
 The dump's identity is the training run's (`shared.stages.memory_banks_stage`: the train
 stage's config keys and inputs), so banks from another run make these prototypes stale.
@@ -30,7 +32,7 @@ from tqdm import tqdm
 
 from shared.config import Config
 from shared.manifest import decide, remove_manifest, write_manifest
-from shared.prototypes import (memory_prototypes, read_banks, use_gpu_for,
+from shared.prototypes import (memory_prototypes, prototype_count, read_banks, use_gpu_for,
                                write_memory_prototypes)
 from shared.stages import cluster_activations_stage, memory_banks_path
 
@@ -59,31 +61,31 @@ def cluster_activations(config: Config, force: bool = False, progress: bool = Tr
     banks = read_banks(path)
     if not banks:
         raise ValueError(f"{path}: n_layers is 0, no banks to cluster")
-    for layer, (keys, _) in enumerate(banks):
-        if len(keys) < m:
-            raise ValueError(f"{path}: layer {layer} has {len(keys)} keys, fewer than "
-                             f"memory.n_prototypes={m}")
-        if len(keys) < knn:
-            raise ValueError(f"{path}: layer {layer} has {len(keys)} keys, fewer than "
-                             f"memory.knn={knn}")
+    counts = [prototype_count(len(keys), m, knn, f"{path} layer {layer}")
+              for layer, (keys, _) in enumerate(banks)]
+    warnings = [c.warning for c in counts if c.warning]
     started = time.perf_counter()
     proto_keys, proto_values, stats = [], [], []
-    for keys, values in tqdm(banks, desc="cluster activations", unit="layer",
-                             disable=not progress):
+    for (keys, values), count in tqdm(list(zip(banks, counts)), desc="cluster activations",
+                                      unit="layer", disable=not progress):
         mk, mv, layer_stats = memory_prototypes(
-            keys, values, m, knn, config.cluster.n_iter, config.cluster.seed,
-            use_gpu_for(config.cluster.device), max_points=config.cluster.max_points)
+            keys, values, count.prototypes, count.knn, config.cluster.n_iter,
+            config.cluster.seed, use_gpu_for(config.cluster.device),
+            max_points=config.cluster.max_points)
         proto_keys.append(mk)
         proto_values.append(mv)
         stats.append(layer_stats)
     write_memory_prototypes(spec.output, proto_keys, proto_values)
     seconds = time.perf_counter() - started
     write_manifest(spec, config, {"layers": [s.__dict__ for s in stats], "k": m, "knn": knn,
-                                  "seconds": round(seconds, 3)})
+                                  "prototypes": [c.prototypes for c in counts],
+                                  "warnings": warnings, "seconds": round(seconds, 3)})
     inertia = ", ".join(f"{s.inertia:.4g}" for s in stats)
     empty = sum(s.empty_clusters for s in stats)
     sizes = "/".join(str(n) for n in sorted({len(keys) for keys, _ in banks}))
-    return [f"cluster activations: {decision.reason}",
-            f"cluster activations: {len(banks)} layers x {m} prototypes (knn {knn}) from "
+    built = "/".join(str(n) for n in sorted({c.prototypes for c in counts}))
+    knns = "/".join(str(n) for n in sorted({c.knn for c in counts}))
+    return [f"cluster activations: {decision.reason}", *warnings,
+            f"cluster activations: {len(banks)} layers x {built} prototypes (knn {knns}) from "
             f"{sizes} keys per layer in {seconds:.1f}s; inertia per layer [{inertia}], "
             f"{empty} empty clusters -> {spec.output}"]

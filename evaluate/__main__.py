@@ -1,4 +1,8 @@
-"""`python -m evaluate {score,report,caption,compare}`: the evaluation stage program."""
+"""`python -m evaluate {score,report,caption,compare}`: the evaluation stage program.
+
+`score` and `report` hold the lock on the eval folder (`shared.output_lock`), so a second
+process on the same folder stops at once with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from evaluate.report_inputs import build_report
 from evaluate.score import score as score_split
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
 from shared.manifest import write_json_atomic
+from shared.output_lock import output_lock
+from shared.stages import eval_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Decode and score a split, render its report, caption your own images, "
@@ -27,7 +33,10 @@ def score(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fal
           ) -> None:
     """Beam-search `eval.split` with the best checkpoint and score it (BLEU, METEOR, ROUGE-L,
     CIDEr, SPICE when available, CHAIR, optional CLIP-S): runs/<dataset>/eval/<split>/."""
-    for line in score_split(load(config, set_), force=force, progress=not quiet):
+    cfg = load(config, set_)
+    with output_lock(eval_dir(cfg), "evaluate score"):
+        lines = score_split(cfg, force=force, progress=not quiet)
+    for line in lines:
         typer.echo(line)
 
 
@@ -37,7 +46,9 @@ def report(config: ConfigOption, set_: SetOption = None,
            max_images: Annotated[int, typer.Option(
                "--max-images", help="Show at most this many images (0: all).")] = 0) -> None:
     """Write the self-contained HTML report of the scored split (eval/<split>/report.html)."""
-    path = build_report(load(config, set_), max_images=max_images)
+    cfg = load(config, set_)
+    with output_lock(eval_dir(cfg), "evaluate report"):
+        path = build_report(cfg, max_images=max_images)
     typer.echo(f"evaluate report: {path}")
 
 

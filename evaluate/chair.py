@@ -76,15 +76,17 @@ def _instances_problem(data: Any) -> str | None:
     return None
 
 
-def ground_truth_objects(instances_paths: Iterable[str | Path],
+def ground_truth_objects(instances: Iterable[str | Path] | Mapping[str, Mapping[str, Any]],
                          references: Mapping[int, Sequence[str]],
                          vocab: ObjectWords) -> dict[int, set[str]]:
     """Image id -> object categories it shows: its instance annotations' categories united
     with the objects its reference captions mention. Images listed in the instances files
-    without annotations get an empty set (plus their reference objects)."""
+    without annotations get an empty set (plus their reference objects). `instances`: the
+    files' paths, or path -> already parsed content (read once by `evaluate score`)."""
+    loaded = (instances.items() if isinstance(instances, Mapping)
+              else ((str(p), read_instances(Path(p))) for p in instances))
     truth: dict[int, set[str]] = {}
-    for path in map(Path, instances_paths):
-        data = read_instances(path)
+    for path, data in loaded:
         names = {c["id"]: vocab.category_of(str(c["name"])) for c in data["categories"]}
         for image in data.get("images", []):
             if isinstance(image, dict) and "id" in image:

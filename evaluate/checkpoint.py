@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.checkpoint_files import load_checkpoint
 from shared.config import Config
 from shared.manifest import require_current
 from shared.models.caption_decoder import CaptionDecoder
@@ -31,14 +32,11 @@ def load_trained_decoder(config: Config, device: torch.device) -> TrainedDecoder
     spec = decoder_stage(config)
     require_current(spec, config, "python -m train")
     vocab = Vocabulary.load(vocab_stage(config).output)
-    try:
-        ckpt = torch.load(spec.output, map_location="cpu", weights_only=True)
-        meta = ckpt["meta"]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {spec.output} (run `python -m train`)"
-                                ) from None
-    except (RuntimeError, KeyError, EOFError) as err:
-        raise RuntimeError(f"{spec.output}: not a readable decoder checkpoint ({err})") from None
+    rerun = "python -m train --scst-only --force" if config.scst.enabled else \
+        "python -m train --force"
+    ckpt = load_checkpoint(spec.output, "decoder checkpoint", f"re-run `{rerun}`",
+                           keys=("model", "meta", "epoch", "val_cider"))
+    meta = ckpt["meta"]
     if meta["vocab_size"] != len(vocab):
         raise RuntimeError(f"{spec.output} was trained with {meta['vocab_size']} words but "
                            f"{vocab_stage(config).output} has {len(vocab)}")

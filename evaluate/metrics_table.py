@@ -17,6 +17,10 @@ SHORT_NAMES = {"Bleu_1": "B@1", "Bleu_2": "B@2", "Bleu_3": "B@3", "Bleu_4": "B@4
 LOWER_IS_BETTER = {"CHAIRs", "CHAIRi", "CHAIRs_extended", "CHAIRi_extended"}
 
 
+FLAG = "†"
+"""Marks a row whose result is not what its label claims (e.g. PMA without prototypes); the
+caller explains it under the table. LaTeX tables print it as a superscript \\dagger."""
+
 NOT_COMPUTED = "not computed"
 """What a table cell says for a metric a run did not compute (SPICE offline, CHAIR without
 instances, CLIP-S not asked for): never 0, never blank."""
@@ -48,24 +52,34 @@ def _rows_of_cells(rows: list[tuple[str, dict[str, float]]], bold_best: bool,
     return names, table
 
 
+def _flags(rows: list, flagged: list[bool] | None) -> list[bool]:
+    return list(flagged) if flagged is not None else [False] * len(rows)
+
+
 def markdown_table(rows: list[tuple[str, dict[str, float]]], bold_best: bool = False,
-                   not_computed: list[dict[str, str]] | None = None) -> str:
+                   not_computed: list[dict[str, str]] | None = None,
+                   flagged: list[bool] | None = None) -> str:
     """| run | B@1 | ... | as a markdown table (best value per column in bold if asked);
-    `not_computed` (per row: metric -> why) adds those columns, read "not computed"."""
+    `not_computed` (per row: metric -> why) adds those columns, read "not computed";
+    `flagged` rows get `FLAG` after their label."""
     names, table = _rows_of_cells(rows, bold_best, not_computed, "**{}**")
     lines = ["| run | " + " | ".join(SHORT_NAMES[n] for n in names) + " |",
              "|---|" + "---:|" * len(names)]
-    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in table]
+    lines += [f"| {label}{f' {FLAG}' if flag else ''} | " + " | ".join(cells) + " |"
+              for (label, cells), flag in zip(table, _flags(rows, flagged))]
     return "\n".join(lines)
 
 
 def latex_table(rows: list[tuple[str, dict[str, float]]], bold_best: bool = True,
-                not_computed: list[dict[str, str]] | None = None) -> str:
-    """A booktabs tabular with the same columns (best value per column in \\textbf)."""
+                not_computed: list[dict[str, str]] | None = None,
+                flagged: list[bool] | None = None) -> str:
+    """A booktabs tabular with the same columns (best value per column in \\textbf,
+    `flagged` rows marked with a superscript \\dagger)."""
     names, table = _rows_of_cells(rows, bold_best, not_computed, r"\textbf{{{}}}")
     header = " & ".join(["Run", *(SHORT_NAMES[n] for n in names)]) + r" \\"
     lines = [r"\begin{tabular}{l" + "r" * len(names) + "}", r"\toprule", header, r"\midrule"]
-    lines += [" & ".join([_latex_escape(label), *cells]) + r" \\" for label, cells in table]
+    lines += [" & ".join([_latex_escape(label) + (r"$^\dagger$" if flag else ""), *cells])
+              + r" \\" for (label, cells), flag in zip(table, _flags(rows, flagged))]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
 

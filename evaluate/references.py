@@ -2,12 +2,16 @@
 
 COCO users score against `captions_train2014.json` / `captions_val2014.json`
 (`data.captions_json`), as the field does; without them the Karpathy json's raw sentences are
-used (they are the same captions).
+used (they are the same captions). References are NFC-normalised, the form
+`shared.vocabulary` gives the generated captions' words, so an "é" written as e + U+0301 in a
+reference still matches the "é" of a caption (pycocoevalcap's PTB tokenizer does the rest:
+lower-casing, punctuation).
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
@@ -43,12 +47,17 @@ def coco_captions(paths: list[str]) -> dict[int, list[str]]:
 
 def reference_captions(records: list[ImageRecord], captions_json: list[str]
                        ) -> dict[int, list[str]]:
-    """References of every record: from `captions_json` when given, else the records' own."""
+    """References of every record (NFC): from `captions_json` when given, else the records'
+    own."""
     if not captions_json:
-        return {r.image_id: list(r.captions) for r in records}
+        return {r.image_id: _nfc(r.captions) for r in records}
     coco = coco_captions(captions_json)
     missing = [r.image_id for r in records if not coco.get(r.image_id)]
     if missing:
         raise ValueError(f"image id {missing[0]} (and {len(missing) - 1} more) has no caption in "
                          f"data.captions_json {captions_json}")
-    return {r.image_id: coco[r.image_id] for r in records}
+    return {r.image_id: _nfc(coco[r.image_id]) for r in records}
+
+
+def _nfc(captions: list[str]) -> list[str]:
+    return [unicodedata.normalize("NFC", c) for c in captions]

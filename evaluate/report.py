@@ -5,6 +5,11 @@ the small sort/filter script are inline. FSGR runs can overlay each image's patc
 concept per patch). The grid is drawn over the centred crop of aspect grid_w:grid_h (a square
 for ViTs), the region open_clip's eval transform (resize short side + centre crop) encodes.
 FSGR runs also get a codebook-usage table: share of patches per concept (`CodebookUsage`).
+
+The run's warnings (degenerate captions, PMA without prototypes, metrics not computed, stage
+manifests' warnings) open the page in a banner. Nothing is wider than the window: text wraps
+anywhere when a token is longer than its box (captions, file paths, signature lines), tables
+scroll inside their own box, the card grid shrinks to the window.
 """
 
 from __future__ import annotations
@@ -213,7 +218,7 @@ def render_thumb(image: ReportImage, thumb: Thumbnail, grid: np.ndarray | None,
                  words: list[str] | None, box_px: int) -> str:
     """The thumbnail (or a placeholder naming the error) with the optional overlay + toggle."""
     if thumb.error:
-        return (f'<div class="thumb-box" style="width:{box_px}px;height:{box_px}px">'
+        return (f'<div class="thumb-box" style="width:{box_px}px;min-height:{box_px}px">'
                 f'<div class="placeholder"><b>image unavailable</b>'
                 f"<span>{_esc(thumb.error)}</span><code>{_esc(image.file)}</code></div></div>")
     toggle = overlay = ""
@@ -324,6 +329,16 @@ def palette_css(ids: set[int]) -> str:
     return "\n".join(f".c{i}{{--h:{concept_hue(i)}}}" for i in sorted(ids))
 
 
+def render_banner(warnings: list[str]) -> str:
+    """The run's warnings as a banner at the top of the page ('' when there are none)."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
+    noun = "warning" if len(warnings) == 1 else "warnings"
+    return (f'<section class="banner" role="alert"><h2>{len(warnings)} {noun}: read before '
+            f"using these results</h2><ul>{items}</ul></section>")
+
+
 def render_header(title: str, images: list[ReportImage], metrics: dict[str, float],
                   config_lines: list[str] | None, curves_png: Path | None,
                   usage_html: str = "") -> str:
@@ -369,27 +384,33 @@ SCRIPT = """<script>
 CSS = """
 :root{--fg:#1d2330;--muted:#667085;--line:#e3e6ec;--bg:#f5f6f8;--card:#fff;--accent:#2f5bd3}
 *{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--fg);
+body{margin:0;background:var(--bg);color:var(--fg);overflow-wrap:anywhere;
  font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+img{max-width:100%}
+table{max-width:100%}
+.banner{background:#fffaeb;border-bottom:2px solid #f79009;color:#7a2e0e;padding:10px 28px}
+.banner h2{margin:0 0 4px;font-size:15px}
+.banner ul{margin:0;padding-left:20px}
 header{background:var(--card);border-bottom:1px solid var(--line);padding:18px 28px}
 h1{margin:0 0 2px;font-size:22px}
 .summary{margin:0 0 12px;color:var(--muted)}
 .head-grid{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
-.metrics{border-collapse:collapse;font-variant-numeric:tabular-nums;min-width:220px}
+.head-grid section{min-width:0;max-width:100%}
+.metrics{border-collapse:collapse;font-variant-numeric:tabular-nums;min-width:min(220px,100%)}
 .metrics th,.metrics td{padding:3px 12px;border-bottom:1px solid var(--line)}
 .metrics th{text-align:left;font-weight:500;color:var(--muted)}
-.metrics td{text-align:right;font-weight:600}
+.metrics td{text-align:right;font-weight:600;white-space:nowrap;overflow-wrap:normal}
 .config{margin-top:10px}
 .config summary,.refs summary{cursor:pointer;color:var(--muted)}
 pre{margin:4px 0;padding:8px 10px;background:var(--bg);border-radius:6px;font-size:12px;
- max-height:240px;overflow:auto}
+ max-height:240px;overflow:auto;white-space:pre-wrap}
 .curves{margin:0}
 .curves img{max-width:min(640px,100%);border:1px solid var(--line);border-radius:6px}
 .note{color:#b42318}
 .toolbar{position:sticky;top:0;z-index:5;display:flex;gap:22px;flex-wrap:wrap;padding:8px 28px;
  background:rgba(245,246,248,.94);border-bottom:1px solid var(--line);color:var(--muted)}
-#cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:16px;
- padding:18px 28px}
+#cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(360px,100%),1fr));
+ gap:16px;padding:18px 28px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px;
  box-shadow:0 1px 2px rgba(16,24,40,.05);scroll-margin-top:48px}
 .card:target{outline:2px solid var(--accent)}
@@ -435,6 +456,7 @@ mark.hallucinated{background:#ffc9c2;color:#7a1108;border-bottom:2px solid #d92d
 .usage summary{cursor:pointer;color:var(--muted)}
 .usage-table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums;
  margin-top:4px;display:block;max-height:320px;overflow:auto}
+.usage-table td.share,.usage-table td.count{white-space:nowrap;overflow-wrap:normal}
 .usage-table th,.usage-table td{padding:1px 8px;border-bottom:1px solid var(--line)}
 .usage-table tbody th{text-align:left;font-weight:500;white-space:nowrap}
 .usage-table td.share,.usage-table td.count{text-align:right}
@@ -443,12 +465,13 @@ mark.hallucinated{background:#ffc9c2;color:#7a1108;border-bottom:2px solid #d92d
 """
 
 
-def render_page(title: str, header: str, cards: list[str], palette: _Palette) -> str:
+def render_page(title: str, header: str, cards: list[str], palette: _Palette,
+                banner: str = "") -> str:
     """The whole document."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{_esc(title)}</title><style>{CSS}\n{palette_css(palette.ids)}</style>"
-            f"</head><body>{header}{TOOLBAR}<main id=\"cards\">{''.join(cards)}</main>"
+            f"</head><body>{banner}{header}{TOOLBAR}<main id=\"cards\">{''.join(cards)}</main>"
             f"{SCRIPT}</body></html>\n")
 
 
@@ -469,13 +492,16 @@ def write_atomic(path: Path, text: str) -> None:
 def write_report(path: Path, *, title: str, images: list[ReportImage], metrics: dict[str, float],
                  config_lines: list[str] | None = None, curves_png: Path | None = None,
                  concept_words: list[str] | None = None, thumbnail_px: int = 160,
-                 codebook_usage: CodebookUsage | None = None) -> Path:
-    """Write the HTML report; returns its path (written atomically: temp file + os.replace)."""
+                 codebook_usage: CodebookUsage | None = None,
+                 warnings: list[str] | None = None) -> Path:
+    """Write the HTML report; returns its path (written atomically: temp file + os.replace).
+    `warnings` open the page in a banner."""
     path = Path(path)
     palette = _Palette()
     cards = [render_card(i, image, concept_words, thumbnail_px, palette)
              for i, image in enumerate(images)]
     usage_html = render_usage(codebook_usage, concept_words, palette)
     header = render_header(title, images, metrics, config_lines, curves_png, usage_html)
-    write_atomic(path, render_page(title, header, cards, palette))
+    write_atomic(path, render_page(title, header, cards, palette,
+                                   render_banner(list(warnings or []))))
     return path

@@ -3,13 +3,18 @@
 Reads `eval/<split>/per_image.json` + `metrics.json` (written by `evaluate score`), for FSGR
 runs the per-patch codebook concepts of `features/fsgr`, the concept words and the codebook
 usage `extract fit` recorded (`fsgr/codebook_usage.json`), and the training curve
-`train/curves.png`; writes `eval/<split>/report.html`.
+`train/curves.png`; writes `eval/<split>/report.html`. The page is titled with the experiment
+(`train.experiment`, else the dataset's run name `data.name`) and opens with the run's
+warnings (`report_warnings`): `metrics.json`'s (degenerate captions, PMA without prototypes),
+the metrics not computed, and the `warnings` of the run's stage manifests (extraction,
+clustering, training).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +24,9 @@ from extract.concepts import ConceptCodebook
 from extract.fsgr_fit import USAGE_FILE
 from shared.config import Config
 from shared.feature_store import FeatureStore
-from shared.manifest import read_manifest, require_current
-from shared.stages import (concepts_stage, encode_stage, eval_dir, eval_stage, fit_stage,
-                           fsgr_dir, train_dir)
+from shared.manifest import read_manifest, require_current, write_manifest
+from shared.stages import (all_stages, concepts_stage, encode_stage, eval_dir, eval_stage,
+                           fit_stage, fsgr_dir, report_stage, train_dir)
 
 
 def build_report(config: Config, max_images: int = 0) -> Path:
@@ -39,16 +44,82 @@ def build_report(config: Config, max_images: int = 0) -> Path:
     decoding = metrics.get("decoding", {})
     config_lines = [f"dataset {config.data.name}, split {metrics['split']}, "
                     f"{metrics['images']} images",
-                    f"decoder input {config.decoder.visual_input}, memory self="
-                    f"{config.memory.self} cross={config.memory.cross}",
+                    f"CLIP {config.clip.model}, weights {_clip_weights(config)}",
+                    f"decoder input {config.decoder.visual_input}, "
+                    f"{memory_line(config, metrics.get('memory'))}",
                     f"beam {decoding.get('beam_size')}, max length {decoding.get('max_length')}",
+                    *caption_lines(metrics.get("caption_stats")),
                     *([f"signature {signature_line(metrics)}"] if signature_line(metrics) else []),
                     *metrics.get("notes", [])]
-    return write_report(folder / "report.html",
-                        title=f"{config.data.name} / {metrics['split']}: captions and metrics",
+    spec = report_stage(config)
+    path = write_report(spec.output,
+                        title=f"{report_title(config)} / {metrics['split']}: captions and metrics",
                         images=images, metrics=metrics["metrics"], config_lines=config_lines,
                         curves_png=curves if curves.is_file() else None, concept_words=words,
-                        codebook_usage=usage)
+                        codebook_usage=usage, warnings=report_warnings(config, metrics))
+    write_manifest(spec, config, {"images": len(images)})
+    return path
+
+
+def _clip_weights(config: Config) -> str:
+    """What the CLIP cache was computed with: a hub tag, a file, or "random" (said loudly)."""
+    weights = config.clip.pretrained
+    return "RANDOM (clip.pretrained = \"random\")" if weights == "random" else weights
+
+
+def report_title(config: Config) -> str:
+    """The experiment's name (`train.experiment`, with its dataset), else the dataset's run
+    name (`data.name`)."""
+    if config.train.experiment:
+        return f"{config.train.experiment} ({config.data.name})"
+    return config.data.name
+
+
+def memory_line(config: Config, memory: dict[str, Any] | None) -> str:
+    """The configured memory and the prototypes the evaluated checkpoint holds."""
+    line = f"memory self={config.memory.self} cross={config.memory.cross}"
+    if not memory:
+        return line + " (prototypes in the checkpoint: not recorded, scored by older code)"
+    parts = []
+    if memory.get("self"):
+        per_layer = "/".join(str(n) for n in memory.get("prototypes_per_layer", []))
+        parts.append(f"{per_layer or memory.get('prototypes', 0)} self-attention prototypes "
+                     f"per layer")
+    if memory.get("cross"):
+        parts.append(f"{memory.get('cross_prototypes', 0)} feature prototypes")
+    return line + (f" ({', '.join(parts)} in the checkpoint)" if parts else "")
+
+
+def caption_lines(stats: dict[str, Any] | None) -> list[str]:
+    """The captions' empty and duplicate shares (`evaluate.caption_checks.caption_stats`)."""
+    if not stats:
+        return []
+    return [f"captions: {stats['empty_share']:.0%} empty, {stats['duplicate_share']:.0%} "
+            f"duplicates ({stats['distinct']} distinct of {stats['captions']})"]
+
+
+def report_warnings(config: Config, metrics: dict[str, Any]) -> list[str]:
+    """What the banner lists: `metrics.json`'s warnings, the metrics not computed (with why)
+    and the `warnings` of the run's stage manifests."""
+    lines = [*metrics.get("warnings", [])]
+    lines += [f"not computed: {name} ({why})"
+              for name, why in metrics.get("not_computed", {}).items()]
+    lines += stage_warnings(config)
+    if config.clip.pretrained == "random":
+        lines.append('CLIP has random weights (clip.pretrained = "random"): features, concepts '
+                     'and captions come from an untrained image encoder')
+    return list(dict.fromkeys(lines))
+
+
+def stage_warnings(config: Config) -> list[str]:
+    """`"<stage>: <warning>"` for every `warnings` line in the manifest summaries of the run's
+    stages (`shared.stages.all_stages`: extraction, clustering, training, evaluation), upstream
+    first."""
+    lines: list[str] = []
+    for stage in all_stages(config):
+        summary = (read_manifest(stage.output) or {}).get("summary") or {}
+        lines.extend(f"{stage.name}: {w}" for w in summary.get("warnings", []) or [])
+    return lines
 
 
 def codebook_usage(config: Config) -> CodebookUsage | None:

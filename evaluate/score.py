@@ -5,6 +5,11 @@ Two manifest-checked halves, so a failure while scoring never loses the decoded 
     runs/<dataset>/eval/<split>/captions.json    COCO results format [{"image_id", "caption"}]
     runs/<dataset>/eval/<split>/metrics.json     corpus metrics, checkpoint, decoding, notes
     runs/<dataset>/eval/<split>/per_image.json   caption, references, per-image scores, CHAIR
+
+Before anything is computed the annotation files are checked (`evaluate.caption_checks`; the
+instances files' content is kept for CHAIR). `metrics.json` also states the memory of the
+evaluated checkpoint (`"memory": {"self": .., "prototypes": N, ...}`, read from its state) and
+`warnings`: degenerate captions, a PMA checkpoint with 0 prototypes.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluate.caption_checks import caption_stats, check_annotation_files, degeneracy_warnings
-from evaluate.chair import chair_scores, ground_truth_objects, metric_names, vocabulary_of
+from evaluate.caption_checks import (caption_stats, check_annotation_files, checkpoint_memory,
+                                     degeneracy_warnings, memory_warnings)
+from evaluate.chair import chair_scores, ground_truth_objects, metric_names
+from evaluate.chair_vocabulary import vocabulary_for
 from evaluate.checkpoint import load_trained_decoder
 from evaluate.clip_score import clip_scores
 from evaluate.coco_metrics import score_captions
@@ -25,6 +32,7 @@ from evaluate.decode_split import decode_records
 from evaluate.metrics_table import markdown_table
 from evaluate.references import reference_captions
 from evaluate.signature import result_signature, signature_line
+from shared.checkpoint_files import load_checkpoint
 from shared.clip_model import create_clip
 from shared.config import Config
 from shared.devices import resolve_device
@@ -32,7 +40,7 @@ from shared.feature_store import FeatureStore
 from shared.karpathy import ImageRecord, load_karpathy, split_records
 from shared.manifest import (decide, read_manifest, remove_manifest, require_current,
                              write_json_atomic, write_manifest)
-from shared.stages import captions_stage, clip_stage, eval_dir, eval_stage
+from shared.stages import captions_stage, clip_stage, decoder_stage, eval_dir, eval_stage
 
 
 def split_of(config: Config, dataset: list[ImageRecord] | None = None) -> list[ImageRecord]:
@@ -86,10 +94,9 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     spec = eval_stage(config)
     try:
         to_compute = not decide(spec, config, force=force).up_to_date
-    except FileNotFoundError:  # an input is missing: say which, with the fix, if it is ours
-        to_compute = True
-    if to_compute:
-        check_annotation_files(config)
+    except (FileNotFoundError, RuntimeError):  # an input is missing or stale: the checks say
+        to_compute = True                      # which, with the fix, if it is ours
+    checked = check_annotation_files(config) if to_compute else None
     dataset = load_karpathy(config.data.karpathy_json, config.data.image_root)
     captions, captions_line = write_captions(config, force=force, progress=progress,
                                              dataset=dataset)
@@ -99,6 +106,8 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
         return [captions_line, f"evaluate score: {decision.reason}",
                 *summary_lines(config, metrics)]
     remove_manifest(spec.output)
+    if checked is None:
+        checked = check_annotation_files(config)
     records = {r.image_id: r for r in split_of(config, dataset) if r.image_id in captions}
     references = reference_captions(list(records.values()), config.data.captions_json)
     scores = score_captions(captions, references, spice=config.eval.spice)
@@ -111,8 +120,8 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
             "references": references[i], "scores": scores.per_image[i]} for i in sorted(captions)}
 
     if config.data.instances_json:
-        vocab = vocabulary_of(config.data.instances_json, config.eval.chair_vocabulary)
-        truth = ground_truth_objects(config.data.instances_json, references, vocab)
+        vocab = vocabulary_for(checked.categories(), config.eval.chair_vocabulary)
+        truth = ground_truth_objects(checked.instances, references, vocab)  # path -> content
         chair, chair_images = chair_scores(captions, truth, vocab)
         names = metric_names(vocab.name)
         corpus.update({name: chair[name] for name in names})
@@ -133,9 +142,11 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     signature = result_signature(config, len(captions), train_images,
                                  chair_computed=bool(config.data.instances_json))
     stats = caption_stats(captions)
+    memory = checkpoint_memory(decoder_state(config), config)
     metrics = {"split": config.eval.split, "images": len(captions), "metrics": corpus,
-               "not_computed": not_computed, "warnings": degeneracy_warnings(stats),
-               "caption_stats": stats, "signature": signature.to_json(),
+               "not_computed": not_computed,
+               "warnings": [*degeneracy_warnings(stats), *memory_warnings(memory)],
+               "caption_stats": stats, "memory": memory, "signature": signature.to_json(),
                "chair_counts": chair_counts, "notes": notes,
                "decoding": {"beam_size": config.eval.beam_size,
                             "max_length": config.eval.max_length},
@@ -145,6 +156,12 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     write_json_atomic(spec.output, metrics)
     write_manifest(spec, config, {"metrics": corpus})
     return [captions_line, *summary_lines(config, metrics)]
+
+
+def decoder_state(config: Config) -> dict[str, torch.Tensor]:
+    """The state dict of the evaluated checkpoint (memory-mapped: only shapes are read)."""
+    return load_checkpoint(decoder_stage(config).output, "decoder checkpoint",
+                           "re-run `python -m train --force`", keys=("model",), mmap=True)["model"]
 
 
 def _clip_scores(config: Config, ids: list[int], captions: dict[int, str],

@@ -1,4 +1,9 @@
-"""`python -m extract {vocab,clip,all}`: the feature-extraction stage program."""
+"""`python -m extract {vocab,clip,concepts,fit,encode,all}`: the feature-extraction stage program.
+
+Each stage holds the lock on its output while it runs (`shared.output_lock`; `clip` and
+`encode` take theirs in `shared.chunked_stage`, shared between `--shard` processes), so a
+second process on the same output stops at once with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from extract.fsgr_fit import fit_fsgr
 from extract.vocab_stage import build_vocab
 from shared.chunked_stage import Shard
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
+from shared.output_lock import output_lock
+from shared.stages import concepts_stage, fit_stage, vocab_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Extract cached features: vocabulary, CLIP patch tokens, FSGR features.")
@@ -26,7 +33,9 @@ FAILED_IMAGES_EXIT = 3
 @one_line_errors
 def vocab(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
     """Build the caption vocabulary of the training split."""
-    _, line = build_vocab(load(config, set_), force=force)
+    cfg = load(config, set_)
+    with output_lock(vocab_stage(cfg).output, "extract vocab"):
+        _, line = build_vocab(cfg, force=force)
     typer.echo(line)
 
 
@@ -36,8 +45,10 @@ def clip(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fals
          shard: ShardOption = "0/1") -> None:
     """Run CLIP once over every image into features/clip.{zarr,h5}.
 
-    Exit status 3 when the run completed but some images could not be read (listed in
-    features/clip.failures.jsonl); a later run that finds the store complete exits 0.
+    Exit status 3 when the run completed but some images could not be read, no more than
+    `clip.max_failed_fraction` (listed in features/clip.failures.jsonl); a later run that
+    finds the store complete exits 0. More failures: exit status 2, the store is not marked
+    complete, and the next run retries only the failed images.
     """
     result = extract_clip(load(config, set_), force=force, shard=Shard.parse(shard))
     for line in result.messages:
@@ -50,7 +61,9 @@ def clip(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fals
 @one_line_errors
 def concepts(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
     """Build FSGR's concept codebook (CLIP text embeddings of the concept words)."""
-    _, line = build_concepts(load(config, set_), force=force)
+    cfg = load(config, set_)
+    with output_lock(concepts_stage(cfg).output, "extract concepts"):
+        _, line = build_concepts(cfg, force=force)
     typer.echo(line)
 
 
@@ -58,7 +71,10 @@ def concepts(config: ConfigOption, set_: SetOption = None, force: ForceOption = 
 @one_line_errors
 def fit(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
     """Train the FSGR modules on the CLIP cache (with an auxiliary caption decoder)."""
-    for line in fit_fsgr(load(config, set_), force=force):
+    cfg = load(config, set_)
+    with output_lock(fit_stage(cfg).output, "extract fit"):
+        lines = fit_fsgr(cfg, force=force)
+    for line in lines:
         typer.echo(line)
 
 
@@ -75,15 +91,20 @@ def encode(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fa
 def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
     """vocab -> clip -> concepts -> fit -> encode, skipping what is up to date.
 
-    `--force` redoes every step.
+    `--force` redoes every step. Stops at the first step that fails (exit status 2), e.g.
+    when more images could not be read than `clip.max_failed_fraction` allows; the error
+    names the failure list.
     """
     cfg = load(config, set_)
-    typer.echo(build_vocab(cfg, force=force)[1])
-    result = extract_clip(cfg, force=force)
-    for line in result.messages:
+    with output_lock(vocab_stage(cfg).output, "extract vocab"):
+        typer.echo(build_vocab(cfg, force=force)[1])
+    for line in extract_clip(cfg, force=force).messages:
         typer.echo(line)
-    typer.echo(build_concepts(cfg, force=force)[1])
-    for line in fit_fsgr(cfg, force=force):
+    with output_lock(concepts_stage(cfg).output, "extract concepts"):
+        typer.echo(build_concepts(cfg, force=force)[1])
+    with output_lock(fit_stage(cfg).output, "extract fit"):
+        lines = fit_fsgr(cfg, force=force)
+    for line in lines:
         typer.echo(line)
     for line in encode_fsgr(cfg, force=force):
         typer.echo(line)

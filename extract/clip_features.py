@@ -8,11 +8,15 @@ store attributes also record the model's `logit_scale.exp()` (FSGR's patch-conce
 self-attention (SCLIP; `shared.clip_model.encode_images`); `image_embed` stays the standard one.
 Images are decoded in DataLoader workers; chunks are written by a background thread while the
 next batch runs; each chunk is committed atomically, so a killed run resumes where it stopped.
+A missing or empty `data.image_root` stops the run before any work. Unreadable images are
+listed in `<store>.failures.jsonl`; beyond `clip.max_failed_fraction` of them the store is not
+marked complete and the next run re-computes only those rows (`shared.chunked_stage`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from shared.chunked_stage import ChunkedOutput, Shard, failures_path
+from shared.chunked_stage import ChunkedOutput, ChunkWork, FailureLimit, Shard, failures_path
 from shared.clip_model import ClipBundle, create_clip, encode_images
 from shared.config import Config
 from shared.devices import autocast, resolve_device
@@ -42,6 +46,7 @@ class ExtractResult:
     complete: bool
     processed: int = 0
     failed: int = 0
+    retried: int = 0
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
 
@@ -67,22 +72,54 @@ class ImageFiles(Dataset):
         return row, torch.zeros(3, self.image_size, self.image_size), reason
 
 
+def pack_batches(groups: Iterable[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Batches from groups of rows (one group per chunk): whole groups are packed together
+    while they fit; a larger group is split on its own, so a batch never straddles a chunk
+    it does not hold whole, and a resumed run computes the same batches."""
+    batch: list[int] = []
+    for rows in groups:
+        if len(rows) > batch_size:
+            if batch:
+                yield batch
+                batch = []
+            yield from (rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
+            continue
+        if len(batch) + len(rows) > batch_size:
+            yield batch
+            batch = []
+        batch = batch + rows
+        if len(batch) == batch_size:  # full: yield before looking at (claiming) the next
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def chunk_batches(chunks: list[int], rows_per_chunk: int, n_rows: int,
                   batch_size: int) -> list[list[int]]:
-    """Batches of rows that never straddle a chunk boundary (several whole chunks per batch
-    when the batch is larger than a chunk), so a resumed run computes the same batches."""
-    batches: list[list[int]] = []
-    per_batch = max(1, batch_size // rows_per_chunk)
-    if batch_size < rows_per_chunk:
-        for chunk in chunks:
-            rows = list(range(chunk * rows_per_chunk, min((chunk + 1) * rows_per_chunk, n_rows)))
-            batches.extend(rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
-        return batches
-    for i in range(0, len(chunks), per_batch):
-        group = chunks[i:i + per_batch]
-        batches.append([r for c in group for r in
-                        range(c * rows_per_chunk, min((c + 1) * rows_per_chunk, n_rows))])
-    return batches
+    """`pack_batches` of whole chunks."""
+    groups = (list(range(c * rows_per_chunk, min((c + 1) * rows_per_chunk, n_rows)))
+              for c in chunks)
+    return list(pack_batches(groups, batch_size))
+
+
+class ClaimedBatches:
+    """The loader's batch sampler: claims each pending chunk just before its rows are
+    batched (lazily, so a process holds few claims) and records the rows it got."""
+
+    def __init__(self, output: ChunkedOutput, chunks: list[int], batch_size: int) -> None:
+        self.output, self.chunks, self.batch_size = output, chunks, batch_size
+        self.claimed: dict[int, ChunkWork] = {}
+
+    def _groups(self) -> Iterator[list[int]]:
+        for chunk in self.chunks:
+            work = self.output.claim(chunk)
+            if work is not None:
+                self.claimed[chunk] = work
+                yield work.rows
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return pack_batches(self._groups(), self.batch_size)
 
 
 def store_arrays(bundle: ClipBundle, dtype: str) -> list[ArraySpec]:
@@ -97,6 +134,7 @@ def store_arrays(bundle: ClipBundle, dtype: str) -> list[ArraySpec]:
 def store_attrs(bundle: ClipBundle, config: Config) -> dict[str, Any]:
     """Attributes later stages check before trusting the cache."""
     return {"kind": "clip", "model": bundle.name, "pretrained": config.clip.pretrained,
+            "weights": bundle.weights,
             "grid": list(bundle.grid_size), "n_patches": bundle.n_patches,
             "width": bundle.width, "embed_dim": bundle.embed_dim,
             "image_size": bundle.image_size, "patch_attention": bundle.patch_attention,
@@ -104,51 +142,62 @@ def store_attrs(bundle: ClipBundle, config: Config) -> dict[str, Any]:
 
 
 class _ChunkAssembler:
-    """Collects batch outputs per chunk and hands full chunks to a background writer."""
+    """Collects batch outputs per chunk and hands full chunks (or a chunk's retried rows) to
+    a background writer."""
 
-    def __init__(self, output: ChunkedOutput, records: list[ImageRecord], dtype: str) -> None:
+    def __init__(self, output: ChunkedOutput, records: list[ImageRecord], dtype: str,
+                 claimed: dict[int, ChunkWork]) -> None:
         self.output, self.records, self.dtype = output, records, np.dtype(dtype)
+        self.claimed = claimed
         self.rpc = output.store.rows_per_chunk  # type: ignore[union-attr]
-        self.n_rows = len(records)
         self.buffers: dict[int, dict[str, Any]] = {}
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: list[Future] = []
         self.failed = 0
+        self.retried = 0
 
     def add(self, rows: list[int], pooled: np.ndarray, tokens: np.ndarray,
             reasons: list[str]) -> None:
         for i, row in enumerate(rows):
             chunk = row // self.rpc
-            start = chunk * self.rpc
-            size = min(start + self.rpc, self.n_rows) - start
             buf = self.buffers.get(chunk)
             if buf is None:
+                work = self.claimed[chunk]
+                todo = work.rows
                 buf = self.buffers[chunk] = {
-                    "patch_tokens": np.zeros((size, *tokens.shape[1:]), self.dtype),
-                    "image_embed": np.zeros((size, pooled.shape[1]), self.dtype),
-                    "valid": np.zeros(size, np.uint8), "filled": 0, "failures": []}
+                    "rows": todo, "retry": work.retry, "at": {r: j for j, r in enumerate(todo)},
+                    "patch_tokens": np.zeros((len(todo), *tokens.shape[1:]), self.dtype),
+                    "image_embed": np.zeros((len(todo), pooled.shape[1]), self.dtype),
+                    "valid": np.zeros(len(todo), np.uint8), "filled": 0, "failures": []}
+            at = buf["at"][row]
             if reasons[i]:
                 record = self.records[row]
                 buf["failures"].append({"row": row, "image_id": record.image_id,
                                         "path": str(record.path), "reason": reasons[i]})
                 self.failed += 1
             else:
-                buf["patch_tokens"][row - start] = tokens[i]
-                buf["image_embed"][row - start] = pooled[i]
-                buf["valid"][row - start] = 1
+                buf["patch_tokens"][at] = tokens[i]
+                buf["image_embed"][at] = pooled[i]
+                buf["valid"][at] = 1
             buf["filled"] += 1
-            if buf["filled"] == size:
-                self._flush(chunk, start, size)
+            if buf["filled"] == len(buf["rows"]):
+                self._flush(chunk)
 
-    def _flush(self, chunk: int, start: int, size: int) -> None:
+    def _flush(self, chunk: int) -> None:
         buf = self.buffers.pop(chunk)
-        ids = np.array([r.image_id for r in self.records[start:start + size]], np.int64)
         values = {"patch_tokens": buf["patch_tokens"], "image_embed": buf["image_embed"],
-                  "valid": buf["valid"], "image_ids": ids}
+                  "valid": buf["valid"]}
         while len(self.pending) >= 2:  # bound memory: at most two chunks in flight
             self.pending.pop(0).result()
-        self.pending.append(self.pool.submit(self.output.write_chunk, chunk, values,
-                                             buf["failures"]))
+        if buf["retry"]:
+            self.retried += len(buf["rows"])
+            job = self.pool.submit(self.output.write_retry, chunk, buf["rows"], values,
+                                   buf["failures"])
+        else:
+            values["image_ids"] = np.array([self.records[r].image_id for r in buf["rows"]],
+                                           np.int64)
+            job = self.pool.submit(self.output.write_chunk, chunk, values, buf["failures"])
+        self.pending.append(job)
 
     def close(self) -> None:
         for fut in self.pending:
@@ -156,17 +205,48 @@ class _ChunkAssembler:
         self.pool.shutdown()
 
 
+def check_image_root(root: str) -> None:
+    """Refuse a missing, non-folder or empty `data.image_root` before any work."""
+    path = Path(root)
+    if not path.exists():
+        raise FileNotFoundError(f"data.image_root: {path} does not exist "
+                                "(a wrong path, or a disk that is not mounted?)")
+    if not path.is_dir():
+        raise NotADirectoryError(f"data.image_root: {path} is not a folder")
+    if next(path.iterdir(), None) is None:
+        raise FileNotFoundError(f"data.image_root: {path} is empty "
+                                "(a disk that is not mounted?)")
+
+
+def failure_limit(config: Config) -> FailureLimit:
+    """`clip.max_failed_fraction`: the share of unreadable images a complete store may have."""
+    return FailureLimit(config.clip.max_failed_fraction, "clip.max_failed_fraction", "images")
+
+
 def extract_clip(config: Config, *, force: bool = False, shard: Shard = Shard(),
                  progress: bool = True) -> ExtractResult:
-    """Fill (or resume, or skip) the CLIP feature store of `config`'s dataset."""
+    """Fill (or resume, or skip) the CLIP feature store of `config`'s dataset.
+
+    Raises `OutputBusy` when another process writes the store (other shards excepted) and
+    `TooManyFailures` when the store is full but more images failed than
+    `clip.max_failed_fraction` allows (it is then not marked complete; a re-run retries only
+    the failed rows).
+    """
     spec = clip_stage(config)
-    output = ChunkedOutput(spec, config, force=force, shard=shard)
-    if output.up_to_date:
-        return ExtractResult(spec.output, skipped=True, complete=True,
-                             failed=output.failure_count(),
-                             messages=[f"extract clip: {output.reason}"])
+    with ChunkedOutput(spec, config, force=force, shard=shard, what="extract clip") as output:
+        if output.up_to_date:
+            return ExtractResult(spec.output, skipped=True, complete=True,
+                                 failed=output.failure_count(),
+                                 messages=[f"extract clip: {output.reason}"])
+        return _run(config, output, spec.output, shard, progress)
+
+
+def _run(config: Config, output: ChunkedOutput, store: Path, shard: Shard,
+         progress: bool) -> ExtractResult:
+    """The work of `extract_clip` once it is known there is some."""
     if shard.count > 1 and config.store.format != "zarr":
         raise ValueError("--shard needs store.format = 'zarr' (HDF5 files take one writer)")
+    check_image_root(config.data.image_root)
     records = load_karpathy(config.data.karpathy_json, config.data.image_root)
     device = resolve_device(config.clip.device)
     bundle = create_clip(config.clip.model, config.clip.pretrained, device=device,
@@ -177,36 +257,44 @@ def extract_clip(config: Config, *, force: bool = False, shard: Shard = Shard(),
     action = output.open(store_arrays(bundle, config.store.dtype), len(records),
                          store_attrs(bundle, config), whole={"visual_proj": proj})
     messages = [f"extract clip: {action}"]
-    chunks = output.pending_chunks()
-    rpc = config.store.rows_per_chunk
-    batches = chunk_batches(chunks, rpc, len(records), config.clip.batch_size)
+    pending = output.pending()
+    sampler = ClaimedBatches(output, [w.chunk for w in pending], config.clip.batch_size)
     dataset = ImageFiles(records, bundle.preprocess, bundle.image_size)
     workers = config.clip.num_workers
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None)
-    assembler = _ChunkAssembler(output, records, config.store.dtype)
-    n_todo = sum(len(b) for b in batches)
+    assembler = _ChunkAssembler(output, records, config.store.dtype, sampler.claimed)
+    n_done = 0
     started = time.perf_counter()
     try:
-        with tqdm(total=n_todo, unit="img", desc="extract clip", disable=not progress) as bar:
+        with tqdm(total=sum(len(w.rows) for w in pending), unit="img", desc="extract clip",
+                  disable=not progress) as bar:
             for rows, images, reasons in loader:
                 rows, images = rows.tolist(), images.to(device, non_blocking=True)
                 with torch.no_grad(), autocast(device, config.clip.precision):
                     pooled, tokens = encode_images(bundle, images)
                 assembler.add(rows, pooled.float().cpu().numpy(), tokens.float().cpu().numpy(),
                               list(reasons))
+                n_done += len(rows)
                 bar.update(len(rows))
     finally:
         assembler.close()
     seconds = time.perf_counter() - started
+    limit = failure_limit(config)
     complete = output.finish({"images": len(records), "model": bundle.name,
-                              "grid": list(bundle.grid_size),
-                              "patch_attention": bundle.patch_attention})
+                              "weights": bundle.weights, "grid": list(bundle.grid_size),
+                              "patch_attention": bundle.patch_attention}, limit)
     failed = output.failure_count() if complete else assembler.failed
-    messages.append(f"extract clip: {n_todo} images in {seconds:.1f}s "
-                    f"({n_todo / max(seconds, 1e-9):.1f} img/s), {failed} failed"
-                    + (f" (see {failures_path(spec.output)})" if failed else "")
+    messages.append(f"extract clip: {n_done} images in {seconds:.1f}s "
+                    f"({n_done / max(seconds, 1e-9):.1f} img/s"
+                    + (f", {assembler.retried} retried" if assembler.retried else "")
+                    + f"), {failed} failed"
                     + ("" if complete else "; other shards still running"))
-    return ExtractResult(spec.output, skipped=False, complete=complete, processed=n_todo,
-                         failed=failed, seconds=seconds, messages=messages)
+    if complete and failed:
+        messages.append(f"warning: extract clip: {failed} of {len(records)} images could not be "
+                        f"read (within {limit.key} = {limit.fraction:g}); they are kept as "
+                        f"valid = 0 and listed in {failures_path(store)}")
+    return ExtractResult(store, skipped=False, complete=complete, processed=n_done,
+                         failed=failed, retried=assembler.retried, seconds=seconds,
+                         messages=messages)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,22 +55,30 @@ def _encode_chunk(encoder: torch.nn.Module, data: dict[str, np.ndarray], meta: F
 
 
 def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> list[str]:
-    """Fill (or resume, or skip) the FSGR feature store; returns the lines to print."""
+    """Fill (or resume, or skip) the FSGR feature store; returns the lines to print.
+
+    Raises `OutputBusy` when another process is writing the store.
+    """
     clip_spec = clip_stage(config)
     require_current(clip_spec, config, "python -m extract clip")
     require_current(fit_stage(config), config, "python -m extract fit")
     spec = encode_stage(config)
-    output = ChunkedOutput(spec, config, force=force)
-    if output.up_to_date:
-        return [f"extract encode: {output.reason}"]
+    with ChunkedOutput(spec, config, force=force, what="extract encode") as output:
+        if output.up_to_date:
+            return [f"extract encode: {output.reason}"]
+        return _encode(config, output, clip_spec.output, progress)
+
+
+def _encode(config: Config, output: ChunkedOutput, clip_path: Path,
+            progress: bool) -> list[str]:
+    """The work of `encode_fsgr` once it is known there is some."""
     device = resolve_device(config.clip.device)
     encoder, meta = load_fsgr(config, device)
     concepts = read_manifest(concepts_stage(config).output) or {}
-    with FeatureStore.open(clip_spec.output) as clip_store:
-        check_compatible(meta, clip_store.attrs, concepts.get("identity", ""),
-                         str(clip_spec.output))
+    with FeatureStore.open(clip_path) as clip_store:
+        check_compatible(meta, clip_store.attrs, concepts.get("identity", ""), str(clip_path))
         if clip_store.rows_per_chunk != config.store.rows_per_chunk:
-            raise RuntimeError(f"{clip_spec.output} has {clip_store.rows_per_chunk} rows per "
+            raise RuntimeError(f"{clip_path} has {clip_store.rows_per_chunk} rows per "
                                f"chunk but store.rows_per_chunk is {config.store.rows_per_chunk}")
         n_rows, k = clip_store.n_rows, min(config.fsgr.top_k, meta.n_concepts)
         n_patches = meta.grid[0] * meta.grid[1]
@@ -88,7 +97,7 @@ def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> l
             return {name: clip_store.read(name, start, stop)
                     for name in ("patch_tokens", "image_embed", "valid", "image_ids")}
 
-        started = time.perf_counter()
+        started, done = time.perf_counter(), 0
         # the next chunk is read and the previous one written while this one computes
         with ThreadPoolExecutor(max_workers=1) as reader, \
                 ThreadPoolExecutor(max_workers=1) as writer:
@@ -99,7 +108,10 @@ def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> l
                 data = upcoming.result()
                 if i + 1 < len(chunks):
                     upcoming = reader.submit(read, chunks[i + 1])
+                if output.claim(chunk) is None:  # taken by another process meanwhile
+                    continue
                 values = _encode_chunk(encoder, data, meta, config, device)
+                done += len(values["valid"])
                 if writing is not None:
                     writing.result()
                 writing = writer.submit(output.write_chunk, chunk, values, [])
@@ -107,8 +119,6 @@ def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> l
                 writing.result()
     seconds = time.perf_counter() - started
     complete = output.finish({"images": n_rows, "grid": list(meta.grid), "top_k": k})
-    done = sum(min(clip_store.rows_per_chunk, n_rows - c * clip_store.rows_per_chunk)
-               for c in chunks)
     return [f"extract encode: {action}",
             f"extract encode: {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} "
             f"img/s)" + ("" if complete else "; incomplete")]

@@ -4,8 +4,11 @@ Loss = caption cross-entropy of an auxiliary Transformer decoder (the same `Capt
 the train stage uses, here without memory) + `fsgr.contrastive_weight` x the local
 supervised-contrastive loss over the patch embeddings of the batch. Streams from the cache,
 validates each epoch (val loss and greedy CIDEr-D), keeps `last.pt` / `best.pt` in
-`runs/<dataset>/fsgr/`, resumes from `last.pt`, and finally writes `fsgr.pt` (the best FSGR
-encoder weights + what it was fitted on) with its manifest.
+`runs/<dataset>/fsgr/`, resumes from `last.pt` (or from `last.prev.pt`, the epoch before,
+when `last.pt` is unreadable: `shared.checkpoint_files`), and finally writes `fsgr.pt` (the
+best FSGR encoder weights + what it was fitted on) with its manifest. A `fsgr.warmup_steps`
+longer than the planned steps is a warning (stderr, the epoch record's `"warnings"`, the
+manifest summary).
 
 The patch-concept logits use the CLIP model's own logit scale (`clip_logit_scale`, recorded by
 `extract clip`), frozen unless `fsgr.learn_logit_scale`. Each epoch also logs how often the
@@ -28,6 +31,7 @@ from tqdm import tqdm
 
 from extract.concepts import ConceptCodebook
 from shared.cache_batches import CacheBatches, caption_samples
+from shared.checkpoint_files import Rotation, load_checkpoint, pick_resume_point
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import FeatureStore
@@ -36,7 +40,8 @@ from shared.manifest import (current_state, decide, remove_manifest, require_cur
                              write_json_atomic, write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder, usage_summary
-from shared.training_schedule import lr_factor, restore_state, resume_state, save_atomic
+from shared.training_schedule import (RunWarnings, drop_log_records, lr_factor, restore_state,
+                                      resume_state, save_atomic, warmup_warning)
 from shared.validation import validation_scores
 from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
 from shared.vocabulary import Vocabulary
@@ -99,7 +104,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     decision = decide(spec, config, force=force)
     if decision.up_to_date:
         return [f"extract fit: {decision.reason}"]
-    torch.manual_seed(config.train.seed)
+    torch.manual_seed(config.fsgr.seed)
     device = resolve_device(config.clip.device)
     remove_manifest(spec.output)  # from here on the old output is no longer complete
     state = current_state(spec, config)
@@ -113,7 +118,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
         visual_proj = torch.from_numpy(store.read("visual_proj"))
     codebook = ConceptCodebook.load(concepts_stage(config).output)
     meta = FsgrMeta(attrs["model"], tuple(attrs["grid"]), attrs["width"], attrs["embed_dim"],
-                    state["inputs"][str(concepts_stage(config).output)], len(codebook.words))
+                    state["inputs"][concepts_stage(config).name], len(codebook.words))
     vocab = Vocabulary.load(vocab_stage(config).output)
     scale = clip_logit_scale(attrs)
     encoder = build_encoder(config, meta, visual_proj, torch.from_numpy(codebook.embeddings),
@@ -138,12 +143,12 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
 
     def train_batches(epoch: int) -> CacheBatches:
         """This epoch's `fsgr.captions_per_image` random captions of every training image."""
-        pick = np.random.default_rng([config.train.seed, epoch])
+        pick = np.random.default_rng([config.fsgr.seed, epoch])
         samples = caption_samples(store_ids, valid, train_records, vocab, max_words,
                                   config.fsgr.captions_per_image, pick)
         if len(samples) == 0:
             raise ValueError("extract fit needs readable train images in the cache")
-        return CacheBatches(store_path, CLIP_ARRAYS, samples, bs, seed=config.train.seed,
+        return CacheBatches(store_path, CLIP_ARRAYS, samples, bs, seed=config.fsgr.seed,
                             shuffle_buffer=config.train.shuffle_buffer)
     val_batches = CacheBatches(store_path, CLIP_ARRAYS, val, bs, shuffle=False)
     val_image_batches = CacheBatches(store_path, CLIP_ARRAYS, val_images, bs, shuffle=False)
@@ -157,13 +162,21 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     n_concepts = len(codebook.words)
     lines = [f"extract fit: patch-concept logit scale {scale:.2f} (CLIP's, "
              + ("learnable)" if config.fsgr.learn_logit_scale else "frozen)")]
-    ckpt = None if force else restore_state(last, state["identity"], model, optimizer, device)
+    warnings = RunWarnings()
+    source, notes = (None, []) if force else pick_resume_point(last, state["identity"])
+    for note in notes:
+        warnings.add(note)
+    rotation = Rotation(last, source)
+    ckpt = None if source is None else \
+        restore_state(source, state["identity"], model, optimizer, device)
     if ckpt is not None:
         start_epoch, step, best_cider = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_cider"]
         lines.append(f"extract fit: resuming after epoch {ckpt['epoch'] + 1}")
     if start_epoch == 0:
         log_path.unlink(missing_ok=True)
-    generator = torch.Generator().manual_seed(config.train.seed)
+    else:  # epochs after the resume point are logged again
+        drop_log_records(log_path, lambda r: r.get("epoch", 0) > start_epoch)
+    generator = torch.Generator().manual_seed(config.fsgr.seed)
     weight, temperature = config.fsgr.contrastive_weight, config.fsgr.contrastive_temperature
 
     for epoch in range(start_epoch, config.fsgr.epochs):
@@ -172,6 +185,9 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
         # straight-through Gumbel sample == argmax assignment, over the epoch's train patches
         agree, seen = torch.zeros((), dtype=torch.long, device=device), 0
         batches = train_batches(epoch)
+        if epoch == start_epoch:
+            warnings.add(warmup_warning("fsgr.warmup_steps", config.fsgr.warmup_steps,
+                                        config.fsgr.epochs, len(batches)))
         bar = tqdm(batches.epoch(epoch), total=len(batches), disable=not progress,
                    desc=f"extract fit {epoch + 1}/{config.fsgr.epochs}", unit="batch")
         for batch in bar:
@@ -224,7 +240,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
                   "train_contrastive": sums["contrastive"] / max(n_batches, 1), **metrics,
                   "gumbel_argmax_agreement": int(agree) / max(seen, 1),
                   "logit_scale": float(model.encoder.quantizer.scale.detach()),
-                  **usage_summary(counts), "codebook_size": n_concepts}
+                  **usage_summary(counts), "codebook_size": n_concepts, **warnings.take()}
         with log_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         is_best = metrics["val_cider"] > best_cider
@@ -235,6 +251,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
             save_atomic({"model": model.state_dict(), "epoch": epoch, **metrics,
                          "logit_scale": record["logit_scale"],
                          "codebook_counts": torch.from_numpy(counts)}, best)
+        rotation.before_save()
         save_atomic(ckpt, last)
         lines.append(f"extract fit: epoch {epoch + 1}: train xe {record['train_xe']:.3f}, "
                      f"contrastive {record['train_contrastive']:.3f}, val loss "
@@ -244,7 +261,8 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
                      f"patches; val codebook usage {record['codebook_used']}/{n_concepts} "
                      f"concepts, entropy {record['codebook_entropy_bits']:.2f} bits")
 
-    best_ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    best_ckpt = load_checkpoint(best, "FSGR fit checkpoint", "re-run `python -m extract fit "
+                                "--force`", keys=("model", "epoch", "val_loss", "val_cider"))
     encoder_state = {k[len("encoder."):]: v for k, v in best_ckpt["model"].items()
                      if k.startswith("encoder.")}
     save_atomic({"encoder": encoder_state, "meta": asdict(meta),
@@ -262,7 +280,8 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     write_manifest(spec, config, {"best_epoch": best_ckpt["epoch"] + 1,
                                   "val_loss": best_ckpt["val_loss"],
                                   "val_cider": best_ckpt["val_cider"],
-                                  "logit_scale": best_ckpt.get("logit_scale", scale)},
+                                  "logit_scale": best_ckpt.get("logit_scale", scale),
+                                  **warnings.summary()},
                    state=state)
     lines.append(f"extract fit: wrote {spec.output} (best epoch {best_ckpt['epoch'] + 1}, "
                  f"val CIDEr-D {best_ckpt['val_cider']:.3f})")
@@ -274,7 +293,8 @@ def load_fsgr(config: Config, device: torch.device) -> tuple[FsgrEncoder, FsgrMe
     path = fit_stage(config).output
     if not path.exists():
         raise FileNotFoundError(f"FSGR checkpoint not found: {path} (run `python -m extract fit`)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path, "FSGR checkpoint", "re-run `python -m extract fit --force`",
+                           keys=("encoder", "meta"))
     raw = ckpt["meta"]
     meta = FsgrMeta(raw["clip_model"], tuple(raw["grid"]), raw["clip_width"], raw["embed_dim"],
                     raw["concepts_identity"], raw["n_concepts"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.config import Config
+from shared.config import Config, require_paths
 from shared.karpathy import load_karpathy, split_records
 from shared.manifest import decide, write_manifest
 from shared.stages import vocab_stage
@@ -12,6 +12,7 @@ from shared.vocabulary import Vocabulary, build_vocabulary
 def build_vocab(config: Config, force: bool = False) -> tuple[Vocabulary, str]:
     """Build (or load, when up to date) `runs/<dataset>/vocab.json`; returns it and a line."""
     spec = vocab_stage(config)
+    require_paths(config, "data.karpathy_json")
     decision = decide(spec, config, force=force)
     if decision.up_to_date:
         return Vocabulary.load(spec.output), f"extract vocab: {decision.reason}"

@@ -4,11 +4,23 @@ Used by `extract clip` and `extract encode`. It decides between skip / resume / 
 stage manifest and the identity recorded in the store, hands out the chunks this shard still has
 to compute, commits each chunk after its rows are written, and writes the manifest (and the
 failures file) once every chunk of every shard is committed.
+
+Writers: a whole-store run holds `<store>.lock` exclusively (`shared.output_lock`); the shards
+of `--shard i/n` hold it together (shared) and claim each chunk with a non-blocking flock on
+`<store>.progress/claim-<chunk>.lock` before computing it, so two processes never compute the
+same chunk and a killed one (whose flocks the kernel drops) never blocks a resume.
+
+Failed inputs: each chunk's commit record lists the rows that failed. A later run re-computes
+exactly those rows of committed chunks (and nothing else) and re-commits the chunk. When every
+chunk is committed, failures beyond a `FailureLimit` raise `TooManyFailures` (no manifest, so
+the next run is not "up to date" and retries them); within it the manifest is written.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +31,7 @@ from shared.config import Config
 from shared.feature_store import ArraySpec, CommitLog, FeatureStore, remove_store, store_lock
 from shared.manifest import (StageSpec, current_state, decide, read_manifest, remove_manifest,
                              write_manifest)
-
+from shared.output_lock import output_lock, release_flock, try_flock
 
 @dataclass(frozen=True)
 class Shard:
@@ -48,19 +60,74 @@ def failures_path(store_file: Path) -> Path:
     return Path(store_file).with_name(Path(store_file).stem + ".failures.jsonl")
 
 
+@dataclass(frozen=True)
+class FailureLimit:
+    """The largest share of failed inputs a complete output may have, and its config key."""
+
+    fraction: float
+    key: str
+    noun: str = "inputs"
+
+    def exceeded(self, failed: int, total: int) -> bool:
+        return failed > 0 and failed > self.fraction * total
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    """The rows of one chunk still to compute; `retry`: the failed rows of a committed chunk."""
+
+    chunk: int
+    rows: list[int]
+    retry: bool
+
+
+class TooManyFailures(RuntimeError):
+    """Every chunk is committed but more inputs failed than the `FailureLimit` allows."""
+
+
 class ChunkedOutput:
-    """The store a chunked stage writes, opened for skip, resume or rebuild."""
+    """The store a chunked stage writes, opened for skip, resume or rebuild.
+
+    Use as a context manager: entering takes the output lock (shared between shards) and
+    decides skip / run; leaving releases the chunk claims, the store and the lock.
+    """
 
     def __init__(self, spec: StageSpec, config: Config, *, force: bool = False,
-                 shard: Shard = Shard()) -> None:
+                 shard: Shard = Shard(), what: str = "") -> None:
         self.spec, self.config, self.shard = spec, config, shard
+        self.what = what or spec.name
         self.log = CommitLog(spec.output)
-        self.state = current_state(spec, config)
-        decision = decide(spec, config, force=force)
-        self.up_to_date = decision.up_to_date
-        self.reason = decision.reason
         self.store: FeatureStore | None = None
+        self.state: dict[str, Any] = {}  # config + input identities, set on entering
+        self.up_to_date, self.reason = False, ""
         self._force = force
+        self._claims: dict[int, int] = {}
+        self._claims_guard = threading.Lock()
+        self._exit = ExitStack()
+
+    def __enter__(self) -> ChunkedOutput:
+        self._exit.enter_context(output_lock(self.spec.output, self.what,
+                                             shared=self.shard.count > 1))
+        try:
+            self.state = current_state(self.spec, self.config)
+            decision = decide(self.spec, self.config, force=self._force)
+        except BaseException:
+            self._exit.close()
+            raise
+        self.up_to_date, self.reason = decision.up_to_date, decision.reason
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            with self._claims_guard:
+                claims, self._claims = self._claims, {}
+            for fd in claims.values():
+                release_flock(fd)
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+        finally:
+            self._exit.close()
 
     def open(self, arrays: list[ArraySpec], n_rows: int, attrs: dict[str, Any],
              whole: dict[str, np.ndarray] | None = None) -> str:
@@ -79,7 +146,10 @@ class ChunkedOutput:
                 existing = None
                 action = f"rebuilding {path} ({what})"
             elif existing is not None:
-                action = f"resuming {path} ({len(self.log.committed())} chunks already done)"
+                committed = self.log.committed()
+                failed = sum(len(r["failures"]) for r in committed.values())
+                action = (f"resuming {path} ({len(committed)} chunks already done"
+                          + (f", {failed} failed rows to retry)" if failed else ")"))
             else:
                 action = f"creating {path}"
             if existing is None:
@@ -93,11 +163,34 @@ class ChunkedOutput:
             self.store = FeatureStore.open(path, writable=True)
         return action
 
-    def pending_chunks(self) -> list[int]:
-        """Chunks of this shard without a commit marker, in order."""
+    def pending(self) -> list[ChunkWork]:
+        """This shard's chunks that still need work, in order: every row of a chunk without
+        a commit marker, the failed rows of a committed one. A snapshot: `claim` re-reads it
+        under the chunk's claim."""
         assert self.store is not None
         done = self.log.committed()
-        return [c for c in range(self.store.n_chunks) if self.shard.owns(c) and c not in done]
+        work = (self._work(c, done.get(c)) for c in range(self.store.n_chunks)
+                if self.shard.owns(c))
+        return [w for w in work if w.rows]
+
+    def pending_chunks(self) -> list[int]:
+        """Chunks of this shard with work left (see `pending`), in order."""
+        return [work.chunk for work in self.pending()]
+
+    def claim(self, chunk: int) -> ChunkWork | None:
+        """Claim `chunk` for this process and return what it still needs; None (and no claim
+        kept) when another process holds it or nothing is left to do."""
+        assert self.store is not None
+        fd = try_flock(self.log.claim_path(chunk))
+        if fd is None:
+            return None
+        work = self._work(chunk, self.log.record(chunk))
+        if not work.rows:
+            release_flock(fd)
+            return None
+        with self._claims_guard:
+            self._claims[chunk] = fd
+        return work
 
     def write_chunk(self, chunk: int, values: dict[str, np.ndarray],
                     failures: list[dict[str, Any]]) -> None:
@@ -110,20 +203,47 @@ class ChunkedOutput:
                                  f"expected {stop - start}")
         self.store.write_rows(start, values)
         self.log.commit(chunk, {"rows": [start, stop], "failures": failures})
+        self._release(chunk)
 
-    def finish(self, summary: dict[str, Any]) -> bool:
-        """Write manifest + failures file if every chunk is committed; True when complete."""
+    def write_retry(self, chunk: int, rows: list[int], values: dict[str, np.ndarray],
+                    failures: list[dict[str, Any]]) -> None:
+        """Write the re-computed failed `rows` of a committed chunk (other rows untouched),
+        then re-commit it with the failures that remain."""
         assert self.store is not None
-        n_chunks = self.store.n_chunks
+        self.store.write_row_list(rows, values)
+        record = self.log.record(chunk) or {"rows": list(self.store.chunk_rows(chunk))}
+        self.log.commit(chunk, {**record, "failures": failures,
+                                "retried": int(record.get("retried", 0)) + len(rows)})
+        self._release(chunk)
+
+    def finish(self, summary: dict[str, Any], limit: FailureLimit | None = None) -> bool:
+        """Write manifest + failures file if every chunk is committed; True when complete.
+
+        False while chunks are missing or another process is still retrying failed rows;
+        `TooManyFailures` (failures file written, no manifest) beyond `limit`.
+        """
+        assert self.store is not None
+        n_chunks, n_rows = self.store.n_chunks, self.store.n_rows
         self.store.close()
+        self.store = None
         with store_lock(self.spec.output):
             committed = self.log.committed()
             if len(committed) < n_chunks:
                 return False
-            failures = [f for c in sorted(committed) for f in committed[c]["failures"]]
-            with failures_path(self.spec.output).open("w") as fh:
+            failed_chunks = [c for c in sorted(committed) if committed[c]["failures"]]
+            if any(self._claimed_elsewhere(c) for c in failed_chunks):
+                return False
+            failures = [f for c in failed_chunks for f in committed[c]["failures"]]
+            path = failures_path(self.spec.output)
+            with path.open("w") as fh:
                 for failure in failures:
                     fh.write(json.dumps(failure) + "\n")
+            if limit is not None and limit.exceeded(len(failures), n_rows):
+                remove_manifest(self.spec.output)
+                raise TooManyFailures(
+                    f"{self.what}: {len(failures)} of {n_rows} {limit.noun} failed, more than "
+                    f"{limit.key} = {limit.fraction:g} allows; not marked complete (a re-run "
+                    f"retries only the failed ones); failure list: {path}")
             if read_manifest(self.spec.output) is None:
                 write_manifest(self.spec, self.config, {**summary, "failed": len(failures)},
                                state=self.state)
@@ -133,6 +253,25 @@ class ChunkedOutput:
         """Number of failed inputs recorded by the complete store's manifest."""
         manifest = read_manifest(self.spec.output) or {}
         return int(manifest.get("summary", {}).get("failed", 0))
+
+    def _work(self, chunk: int, record: dict[str, Any] | None) -> ChunkWork:
+        assert self.store is not None
+        if record is None:
+            return ChunkWork(chunk, list(range(*self.store.chunk_rows(chunk))), retry=False)
+        return ChunkWork(chunk, sorted(int(f["row"]) for f in record["failures"]), retry=True)
+
+    def _release(self, chunk: int) -> None:
+        with self._claims_guard:
+            fd = self._claims.pop(chunk, None)
+        if fd is not None:
+            release_flock(fd)
+
+    def _claimed_elsewhere(self, chunk: int) -> bool:
+        fd = try_flock(self.log.claim_path(chunk))
+        if fd is None:
+            return True
+        release_flock(fd)
+        return False
 
 
 def _identity_of(path: Path) -> str | None:

@@ -1,8 +1,19 @@
 """One factory for CLIP models: open_clip names (incl. the repo's own model configs) + weights.
 
-`pretrained` is an open_clip tag (e.g. "openai", downloaded by open_clip on first use), a path
-to a local checkpoint file (state dict, loaded with `weights_only=True`), or "" for random
-weights. The demo's tiny CLIP goes through exactly the same path as a user's ViT-L/14.
+`pretrained` (config `clip.pretrained`) is one of
+- an open_clip tag (e.g. "openai"): loaded from the open_clip / Hugging Face cache without any
+  network access when the weights are there, downloaded otherwise; when they are not cached
+  and the download host does not answer within `PROBE_TIMEOUT_S`, it fails at once. The
+  model gets the tag's activation (QuickGELU for "openai", as those weights were trained
+  with; open_clip itself only warns when `ViT-L-14` is given them);
+- a path to a local checkpoint file (a state dict, loaded with `weights_only=True`); a file
+  that is not a readable checkpoint, or whose tensors do not fit the model, is named in a
+  one-line `CheckpointError` with the first mismatch;
+- "random": random weights, the same in every process (seeded by `random_seed` without
+  touching the global torch RNG). "" is refused: an unset variable must not silently give
+  random weights.
+`ClipBundle.weights` records which. The demo's tiny CLIP goes through exactly the same path as
+a user's ViT-L/14.
 
 `patch_attention = "csa"` (config `clip.patch_attention`) takes the patch tokens of the last
 transformer block from correlative self-attention (SCLIP, Wang et al. 2023), computed from the
@@ -11,18 +22,32 @@ same frozen weights; see `correlative_attention`. The pooled image embedding sta
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import socket
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 
+from shared.config import ConfigError
+
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 PATCH_ATTENTIONS = ("standard", "csa")
+RANDOM = "random"
+RANDOM_SEED = 0          # seed of `pretrained = "random"` weights (unless `random_seed` is given)
+PROBE_TIMEOUT_S = 2.0    # how long a download host may take to accept a connection
+_HF_WEIGHTS = "open_clip_pytorch_model.bin"          # open_clip.constants.HF_WEIGHTS_NAME
+_HF_SAFE_WEIGHTS = "open_clip_model.safetensors"     # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 _registered = False
 
 
@@ -39,6 +64,7 @@ class ClipBundle:
     preprocess: Callable[[Any], torch.Tensor]
     tokenizer: Callable[..., torch.Tensor]
     patch_attention: str = "standard"  # "csa": see `encode_images`
+    weights: str = ""                  # where the weights came from: "random", a tag, a file
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -82,41 +108,271 @@ def repo_model_config(model_name: str) -> Path | None:
 
 
 def is_checkpoint_path(pretrained: str) -> bool:
-    """True when `pretrained` names a file rather than an open_clip tag."""
-    return bool(pretrained) and (pretrained.endswith(_CHECKPOINT_SUFFIXES) or "/" in pretrained
-                                 or Path(pretrained).exists())
+    """True when `pretrained` names a file rather than an open_clip tag or "random"."""
+    if not pretrained or pretrained == RANDOM:
+        return False
+    return (pretrained.endswith(_CHECKPOINT_SUFFIXES) or "/" in pretrained
+            or Path(pretrained).exists())
 
 
-def create_clip(model_name: str, pretrained: str = "", device: str | torch.device = "cpu",
-                patch_attention: str = "standard") -> ClipBundle:
+def create_clip(model_name: str, pretrained: str, device: str | torch.device = "cpu",
+                patch_attention: str = "standard", random_seed: int = RANDOM_SEED
+                ) -> ClipBundle:
     """Build an open_clip model in eval mode, with its preprocessing and tokenizer.
 
-    `patch_attention` ("standard" | "csa", config `clip.patch_attention`) is what
-    `encode_images` computes the patch tokens with; "csa" is checked against the model here.
+    `pretrained`: a tag, a checkpoint file or "random" (see the module docstring);
+    `random_seed` only matters for "random". `patch_attention` ("standard" | "csa", config
+    `clip.patch_attention`) is what `encode_images` computes the patch tokens with; "csa" is
+    checked against the model here.
     """
     if patch_attention not in PATCH_ATTENTIONS:
         raise ValueError(f"clip.patch_attention must be one of {PATCH_ATTENTIONS}, "
                          f"not {patch_attention!r}")
+    if not pretrained.strip():
+        raise ConfigError("config key 'clip.pretrained' is empty: set a hub tag such as "
+                          '"openai", the path of a local checkpoint file, or "random" for '
+                          "random weights")
     register_model_configs()
     if model_name not in open_clip.list_models():
         raise CheckpointError(f"unknown CLIP model '{model_name}' (clip.model); see "
                               f"open_clip.list_models() or {MODEL_CONFIG_DIR}")
-    if is_checkpoint_path(pretrained) and not Path(pretrained).is_file():
-        raise CheckpointError(f"CLIP checkpoint not found: {pretrained} (clip.pretrained)")
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained or None, device=device, weights_only=True)
-    except (RuntimeError, OSError, ValueError) as err:
-        where = "file" if is_checkpoint_path(pretrained) else "open_clip tag"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"could not load CLIP weights '{pretrained}' ({where}) for {model_name}: {first}. "
-            "Offline, set clip.pretrained to a local checkpoint file.") from err
+    if pretrained == RANDOM:
+        model, preprocess = _random_model(model_name, device, random_seed)
+    elif is_checkpoint_path(pretrained):
+        model, preprocess = _model_from_file(model_name, Path(pretrained), device)
+    else:
+        model, preprocess = _model_from_tag(model_name, pretrained, device)
     model.eval()
     if patch_attention == "csa":
         check_csa_supported(model.visual, model_name)
     return ClipBundle(model_name, model, preprocess, open_clip.get_tokenizer(model_name),
-                      patch_attention)
+                      patch_attention, weights=pretrained)
+
+
+def _random_model(model_name: str, device: str | torch.device, seed: int
+                  ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
+    """Random weights drawn on the CPU from `seed` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, device="cpu")
+    return model.to(device), preprocess
+
+
+# ----------------------------------------------------------------------------- local files
+
+
+def _model_from_file(model_name: str, path: Path, device: str | torch.device
+                     ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
+    """open_clip's own loading (format conversions included); a failure becomes one line
+    naming the file and what is wrong with it."""
+    if not path.is_file():
+        raise CheckpointError(f"CLIP checkpoint not found: {path} (clip.pretrained)")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=str(path), device=device, weights_only=True)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - open_clip fails in many ways on a bad file
+        raise CheckpointError(_file_problem(model_name, path, err)) from None
+    return model, preprocess
+
+
+def _file_problem(model_name: str, path: Path, err: Exception) -> str:
+    """One line on why `path` did not load into `model_name`."""
+    state = read_state_dict(path)
+    try:
+        expected = expected_shapes(model_name)
+    except Exception:  # noqa: BLE001 - a tower that cannot be built on the meta device
+        expected = {}
+    mismatch = state_dict_mismatch(state, expected) if expected else ""
+    if mismatch:
+        return (f"CLIP checkpoint {path} (clip.pretrained) does not fit clip.model "
+                f"'{model_name}': {mismatch}")
+    return (f"could not load CLIP checkpoint {path} (clip.pretrained) into '{model_name}': "
+            f"{_first_line(err)}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return "not a plain state dict of tensors" if "weights_only" in line else line
+
+
+def _reason(err: BaseException) -> str:
+    """': <first sentence of the error>' when it says something, else ''."""
+    sentence = _first_line(err).split(". ")[0].rstrip(".")
+    return f": {sentence[:120]}" if len(sentence) >= 20 else ""
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (a state dict, maybe under 'state_dict' or with
+    DDP's 'module.' prefix); CheckpointError naming the file when it is not one."""
+    where = f"CLIP checkpoint {path} (clip.pretrained)"
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{where} is an empty file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            loaded: Any = load_file(str(path))
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise CheckpointError(f"{where} holds Python objects besides tensors; save a plain "
+                                  "state dict: torch.save(model.state_dict(), path)") from None
+        raise CheckpointError(f"{where} is not a PyTorch checkpoint{_reason(err)}") from None
+    except Exception as err:  # noqa: BLE001 - zip, EOF, safetensors header errors
+        raise CheckpointError(f"{where} is not a readable checkpoint (truncated or corrupt?)"
+                              f"{_reason(err)}") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not loaded:
+        what = f"a {type(loaded).__name__}" if loaded else "nothing"
+        raise CheckpointError(f"{where} holds {what}, not a state dict of tensors")
+    return {(k[7:] if str(k).startswith("module.") else str(k)): v for k, v in loaded.items()}
+
+
+def expected_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of `model_name`'s state dict (built on the meta device:
+    no memory, no random numbers)."""
+    with torch.device("meta"):
+        model = open_clip.create_model(model_name, device="meta")
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def state_dict_mismatch(state: dict[str, Any], expected: dict[str, tuple[int, ...]]) -> str:
+    """'' when `state` has exactly the expected tensors; else the first shape mismatch and
+    the counts of missing / unexpected tensors, on one line."""
+    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]]
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in state if k not in expected]
+    parts = []
+    if wrong:
+        more = f" (and {len(wrong) - 1} more of other shapes)" if len(wrong) > 1 else ""
+        parts.append(f"{wrong[0]} is {list(shapes[wrong[0]])} in the file but "
+                     f"{list(expected[wrong[0]])} in the model{more}")
+    if missing:
+        parts.append(f"{_count(len(missing), 'tensor')} of the model missing (first: "
+                     f"{missing[0]})")
+    if unexpected:
+        parts.append(f"{_count(len(unexpected), 'tensor')} not in the model (first: "
+                     f"{unexpected[0]})")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- hub tags
+
+
+def _model_from_tag(model_name: str, tag: str, device: str | torch.device
+                    ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
+    """Weights of an open_clip tag: from the cache without network, else downloaded when the
+    host answers; one line of advice otherwise."""
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+        raise CheckpointError(
+            f"clip.pretrained '{tag}' is neither a file nor a pretrained tag of clip.model "
+            f"'{model_name}' (its tags: {tags}); use a tag, a local checkpoint path or "
+            '"random"')
+    cached = weights_cached(cfg)
+    if not cached:
+        _check_download_possible(model_name, tag, cfg)
+    try:
+        with hub_offline(cached):  # the tag's activation: OpenAI's weights need QuickGELU
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=tag, device=device, weights_only=True,
+                force_quick_gelu=bool(cfg.get("quick_gelu")))
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - download / cache failures of many kinds
+        raise CheckpointError(
+            f"could not load CLIP weights '{tag}' for {model_name} (clip.pretrained): "
+            f"{_first_line(err)}; set clip.pretrained to a local checkpoint file") from None
+    return model, preprocess
+
+
+def _hf_source(cfg: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """(repo id, candidate file names) when open_clip would fetch `cfg` from the HF hub."""
+    if not cfg.get("hf_hub") or not open_clip.pretrained.has_hf_hub():
+        return None
+    repo_id, filename = os.path.split(cfg["hf_hub"])
+    filename = filename or _HF_WEIGHTS
+    names = [filename]
+    if filename == _HF_WEIGHTS:
+        names.insert(0, _HF_SAFE_WEIGHTS)
+    elif filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    return repo_id, names
+
+
+def weights_cached(cfg: dict[str, Any]) -> bool:
+    """Whether the weights of a pretrained config are already on this machine."""
+    if "file" in cfg:
+        return Path(cfg["file"]).is_file()
+    hub = _hf_source(cfg)
+    if hub is not None:
+        from huggingface_hub import try_to_load_from_cache
+        repo_id, names = hub
+        return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in names)
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
+
+
+def download_url(cfg: dict[str, Any]) -> str:
+    """The address open_clip would download the weights of `cfg` from."""
+    if _hf_source(cfg) is not None:
+        from huggingface_hub import constants
+        return constants.ENDPOINT
+    return cfg.get("url", "")
+
+
+def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str:
+    """'' when a TCP connection to `url`'s host (or its proxy) opens within `timeout`; else
+    the reason."""
+    parsed = urlparse(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and not urllib.request.proxy_bypass(parsed.hostname or ""):
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return ""
+    except OSError as err:
+        return str(err) or type(err).__name__
+
+
+def _check_download_possible(model_name: str, tag: str, cfg: dict[str, Any]) -> None:
+    """Fail at once when uncached weights cannot be downloaded (offline mode, no route)."""
+    from huggingface_hub import constants
+    url = download_url(cfg)
+    advice = (f"download them where there is network (open_clip.create_model('{model_name}', "
+              f"pretrained='{tag}') fills ~/.cache/huggingface) and copy the cache here, or set "
+              "clip.pretrained to a local checkpoint file")
+    what = f"CLIP weights '{tag}' for {model_name} (clip.pretrained) are not in the local cache"
+    if _hf_source(cfg) is not None and constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"{what} and HF_HUB_OFFLINE is set: {advice}")
+    reason = unreachable(url) if url else "no download address"
+    if reason:
+        raise CheckpointError(f"{what} and {urlparse(url).netloc or url} cannot be reached "
+                              f"({reason}): {advice}")
+
+
+@contextlib.contextmanager
+def hub_offline(offline: bool = True) -> Iterator[None]:
+    """Hugging Face hub offline mode while the block runs (cached files load without a
+    single request); `HF_HUB_OFFLINE` only takes effect when set before the import."""
+    from huggingface_hub import constants
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 def save_clip_weights(model: torch.nn.Module, path: str | Path) -> None:

@@ -3,7 +3,10 @@
 Files are read with the standard library (`tomllib`); every key must be a field declared
 below, with a matching type. `--set section.key=value` overrides are parsed as TOML values
 (falling back to a bare string), so `--set clip.batch_size=8` and `--set clip.model=ViT-B-16`
-both work.
+both work. After the overrides, every key is checked against its rule in `RULES` (range,
+choices, name or path syntax) and pairs of keys against `RELATIONS`; whether the data files
+named by path keys exist is checked by `require_paths`, which the stages that read them call
+(`python -m shared.datasets prepare` creates some of them).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +32,12 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where a dataset lives on disk (Karpathy json + images + COCO-format annotations)."""
 
-    name: str = "demo"
-    karpathy_json: str = ""
-    image_root: str = ""
+    name: str = "demo"           # the run's name: outputs go to <run_root>/<name>/
+    kind: str = "karpathy"       # what `shared.datasets prepare` does: "demo" (generate),
+                                 # "coco" (download), "flickr30k" (check / print the steps),
+                                 # "karpathy" (a Karpathy-format json already on disk: check)
+    karpathy_json: str = "data/demo/dataset_demo.json"   # defaults: where the demo is written
+    image_root: str = "data/demo/images"
     captions_json: list[str] = field(default_factory=list)
     instances_json: list[str] = field(default_factory=list)
     min_word_count: int = 5
@@ -66,6 +74,7 @@ class ClipConfig:
     # "csa": the last block's patch tokens from SCLIP's correlative self-attention (same
     # frozen weights; the pooled embedding stays standard); see shared/clip_model.py
     patch_attention: str = "standard"
+    max_failed_fraction: float = 0.001  # share of unreadable images a complete store may have
 
 
 @dataclass
@@ -101,6 +110,8 @@ class FsgrConfig:
     warmup_steps: int = 1000
     max_anchors: int = 4096
     captions_per_image: int = 5
+    seed: int = 0                     # `extract fit`'s seed (init, batch order, Gumbel noise),
+                                      # apart from train.seed: a new decoder seed keeps FSGR
 
 
 @dataclass
@@ -160,7 +171,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     shuffle_buffer: int = 2048
-    num_workers: int = 2
     precision: str = "auto"
 
 
@@ -342,32 +352,286 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for text in overrides:
         section, key, value = parse_override(text)
         _apply(config, section, key, value, "--set")
-    _validate_choices(config)
+    validate(config)
     return config
 
 
-_CHOICES = {
-    "store.format": ("zarr", "hdf5"),
-    "store.dtype": ("float16", "float32"),
-    "clip.device": ("auto", "cpu", "cuda"),
-    "clip.precision": ("auto", "fp32", "bf16", "fp16"),
-    "clip.patch_attention": ("standard", "csa"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "decoder.visual_input": ("fsgr", "clip"),
-    "cluster.device": ("auto", "cpu", "cuda"),
-    "scst.baseline": ("mean", "mean_others", "greedy"),
-    "scst.loss_normalization": ("max_length", "tokens", "candidate"),
-    "scst.candidates": ("sample", "beam"),
-    "eval.split": ("train", "val", "test"),
-    "eval.chair_vocabulary": ("original", "extended"),
+# ----------------------------------------------------------------------------- value rules
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values one key accepts: `test` decides, `allowed` says it in words. `exists`
+    ("file" | "dir") marks a path key whose target `require_paths` checks."""
+
+    allowed: str
+    test: Callable[[Any], bool]
+    exists: str = ""
+
+
+def _integer(low: int, high: int) -> Rule:
+    """An integer in low..high (the type itself is checked on reading)."""
+    return Rule(f"an integer in {low}..{high}", lambda v: low <= v <= high)
+
+
+def _seed() -> Rule:
+    """A random seed every library here takes (numpy, torch, FAISS: 0..2**31-1)."""
+    return _integer(0, 2**31 - 1)
+
+
+def _positive(high: float = math.inf) -> Rule:
+    """A number > 0 (and <= high)."""
+    words = "a number > 0" + (f" and <= {high:g}" if high < math.inf else "")
+    return Rule(words, lambda v: 0 < v <= high)
+
+
+def _non_negative(high: float) -> Rule:
+    """A number in [0, high]."""
+    return Rule(f"a number in [0, {high:g}]", lambda v: 0 <= v <= high)
+
+
+def _dropout() -> Rule:
+    """A dropout probability: [0, 1) (1 would drop everything)."""
+    return Rule("a probability in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def _decay() -> Rule:
+    """A multiplicative decay factor in (0, 1]."""
+    return Rule("a number in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def _one_of(*choices: str) -> Rule:
+    return Rule(f"one of {', '.join(choices)}", lambda v: v in choices)
+
+
+def _flag() -> Rule:
+    """A boolean: both values are meaningful (the type is checked on reading)."""
+    return Rule("true or false", lambda v: True)
+
+
+def _text() -> Rule:
+    """A non-empty single-line string (a model name, say)."""
+    return Rule("a non-empty string", lambda v: bool(v.strip()) and "\n" not in v)
+
+
+def _is_folder_name(value: str) -> bool:
+    return (bool(value) and value not in (".", "..") and not any(c in value for c in "/\\\0")
+            and value == value.strip() and len(value) <= 255)
+
+
+def _folder_name(optional: bool = False) -> Rule:
+    """One plain folder name (no path separators, not "." or ".."); "" too when optional."""
+    words = "a plain folder name (no / or \\, not . or ..)" + (" or empty" if optional else "")
+    return Rule(words, lambda v: (optional and v == "") or _is_folder_name(v))
+
+
+def _is_path(value: str) -> bool:
+    return bool(value.strip()) and "\0" not in value and "\n" not in value
+
+
+def _path(exists: str = "", optional: bool = False) -> Rule:
+    """A path (non-empty; "" too when optional); `exists`: what `require_paths` wants there."""
+    words = "a path" + (" or empty" if optional else "")
+    return Rule(words, lambda v: (optional and v == "") or _is_path(v), exists)
+
+
+def _paths(exists: str) -> Rule:
+    """A list (maybe empty) of paths, each of an existing `exists` for `require_paths`."""
+    return Rule("a list of non-empty paths", lambda v: all(_is_path(p) for p in v), exists)
+
+
+def _is_template(value: str) -> bool:
+    try:
+        return value.format("a") != value.format("b")
+    except (IndexError, KeyError, ValueError):
+        return False
+
+
+def _template() -> Rule:
+    """A prompt with one {} where the word goes."""
+    return Rule('a string with one {} where the word goes (e.g. "a photo of a {}")', _is_template)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+BIG = 10**9          # cap of counts that scale memory or time linearly (points, steps, keys)
+BATCH = 100_000      # cap of batch sizes
+EPOCHS = 100_000
+WIDTH = 65_536       # cap of model widths / feed-forward sizes
+LAYERS = 256
+
+RULES: dict[str, Rule] = {
+    "data.name": _folder_name(),
+    "data.kind": _one_of("demo", "coco", "flickr30k", "karpathy"),
+    "data.karpathy_json": _path("file"),
+    "data.image_root": _path("dir"),
+    "data.captions_json": _paths("file"),
+    "data.instances_json": _paths("file"),
+    "data.min_word_count": _integer(1, BIG),
+    "data.max_caption_words": _integer(1, 1000),
+    "data.run_root": _path(),
+    "demo.output_dir": _path(),
+    "demo.seed": _seed(),
+    "demo.n_train": _integer(1, 1_000_000),
+    "demo.n_val": _integer(1, 1_000_000),
+    "demo.n_test": _integer(1, 1_000_000),
+    "demo.image_size": _integer(32, 4096),
+    "demo.clip_model": _text(),
+    "demo.clip_epochs": _integer(1, EPOCHS),
+    "demo.clip_batch_size": _integer(2, BATCH),
+    "demo.clip_lr": _positive(1.0),
+    "clip.model": _text(),
+    "clip.pretrained": Rule('a hub tag such as "openai", a local checkpoint file, or "random" '
+                            "(random weights)", _is_path),
+    "clip.batch_size": _integer(1, BATCH),
+    "clip.num_workers": _integer(0, 1024),
+    "clip.device": _one_of(*DEVICES),
+    "clip.precision": _one_of(*PRECISIONS),
+    "clip.patch_attention": _one_of("standard", "csa"),
+    "clip.max_failed_fraction": _non_negative(1.0),
+    "store.format": _one_of("zarr", "hdf5"),
+    "store.rows_per_chunk": _integer(1, 1_000_000),
+    "store.dtype": _one_of("float16", "float32"),
+    "fsgr.d_model": _integer(1, WIDTH),
+    "fsgr.n_layers": _integer(1, LAYERS),
+    "fsgr.n_heads": _integer(1, 1024),
+    "fsgr.d_ff": _integer(1, WIDTH),
+    "fsgr.dropout": _dropout(),
+    "fsgr.top_k": _integer(1, 100_000),
+    "fsgr.gumbel_tau": _positive(100.0),
+    "fsgr.learn_logit_scale": _flag(),
+    "fsgr.contrastive_temperature": _positive(100.0),
+    "fsgr.contrastive_weight": _non_negative(1000.0),
+    "fsgr.concept_min_count": _integer(1, BIG),
+    "fsgr.concept_list": _path("file", optional=True),
+    "fsgr.prompt_template": _template(),
+    "fsgr.epochs": _integer(1, EPOCHS),
+    "fsgr.batch_size": _integer(1, BATCH),
+    "fsgr.lr": _positive(1.0),
+    "fsgr.warmup_steps": _integer(0, BIG),
+    "fsgr.max_anchors": _integer(1, 10_000_000),
+    "fsgr.captions_per_image": _integer(1, 1000),
+    "fsgr.seed": _seed(),
+    "decoder.visual_input": _one_of("fsgr", "clip"),
+    "decoder.d_model": _integer(1, WIDTH),
+    "decoder.n_heads": _integer(1, 1024),
+    "decoder.n_enc_layers": _integer(0, LAYERS),
+    "decoder.n_dec_layers": _integer(1, LAYERS),
+    "decoder.d_ff": _integer(1, WIDTH),
+    "decoder.dropout": _dropout(),
+    "memory.self": _flag(),
+    "memory.cross": _flag(),
+    "memory.n_prototypes": _integer(1, 1_000_000),
+    "memory.knn": _integer(1, 1_000_000),
+    "memory.bank_iterations": _integer(1, BIG),
+    "memory.bank_cap": _integer(1, 100_000_000),
+    "memory.refresh_stride": _integer(1, BIG),
+    "memory.warmup_iterations": _integer(0, BIG),
+    "memory.n_cross_prototypes": _integer(1, 1_000_000),
+    "memory.init_from_cluster": _flag(),
+    "memory.kmeans_max_points": _integer(0, BIG),
+    "cluster.seed": _seed(),
+    "cluster.n_iter": _integer(1, 100_000),
+    "cluster.max_points": _integer(1, BIG),
+    "cluster.device": _one_of(*DEVICES),
+    "train.experiment": _folder_name(optional=True),
+    "train.batch_size": _integer(1, BATCH),
+    "train.lr": _positive(1.0),
+    "train.warmup_steps": _integer(0, BIG),
+    "train.decay_every": _integer(1, EPOCHS),
+    "train.decay_factor": _decay(),
+    "train.max_epochs": _integer(1, EPOCHS),
+    "train.patience": _integer(1, EPOCHS),
+    "train.grad_clip": _positive(),
+    "train.seed": _seed(),
+    "train.shuffle_buffer": _integer(0, 100_000_000),
+    "train.precision": _one_of(*PRECISIONS),
+    "scst.enabled": _flag(),
+    "scst.init_checkpoint": _path("file", optional=True),
+    "scst.candidates": _one_of("sample", "beam"),
+    "scst.n_samples": _integer(1, 100),
+    "scst.baseline": _one_of("mean", "mean_others", "greedy"),
+    "scst.loss_normalization": _one_of("max_length", "tokens", "candidate"),
+    "scst.lr": _positive(1.0),
+    "scst.decay_every": _integer(0, EPOCHS),
+    "scst.decay_factor": _decay(),
+    "scst.max_epochs": _integer(0, EPOCHS),
+    "scst.patience": _integer(1, EPOCHS),
+    "scst.batch_size": _integer(1, BATCH),
+    "eval.split": _one_of("train", "val", "test"),
+    "eval.beam_size": _integer(1, 100),
+    "eval.max_length": _integer(1, 1000),
+    "eval.batch_size": _integer(1, BATCH),
+    "eval.spice": _flag(),
+    "eval.clipscore": _flag(),
+    "eval.chair_vocabulary": _one_of("original", "extended"),
 }
+"""The rule of every config key (`load_config` fails on a key without one)."""
 
 
-def _validate_choices(config: Config) -> None:
-    for dotted, allowed in _CHOICES.items():
+@dataclass(frozen=True)
+class Relation:
+    """A rule between two keys; `problem` words a failure with {a}, {va}, {b}, {vb}."""
+
+    a: str
+    b: str
+    holds: Callable[[Any, Any], bool]
+    problem: str
+
+
+RELATIONS: tuple[Relation, ...] = (
+    Relation("decoder.d_model", "decoder.n_heads", lambda d, h: d % h == 0,
+             "{a}={va} is not a multiple of {b}={vb}"),
+    Relation("fsgr.d_model", "fsgr.n_heads", lambda d, h: d % h == 0,
+             "{a}={va} is not a multiple of {b}={vb}"),
+    Relation("memory.knn", "memory.n_prototypes", lambda k, m: k <= m,
+             "{a}={va} is more than {b}={vb}"),
+    Relation("memory.kmeans_max_points", "memory.n_prototypes", lambda p, m: p == 0 or p >= m,
+             "{a}={va} is fewer than {b}={vb}; use 0 (every key) or at least {vb}"),
+    Relation("scst.n_samples", "scst.baseline", lambda n, b: n >= 2 or b == "greedy",
+             "{a}={va} must be >= 2 with {b}={vb} (it averages several candidates)"),
+    Relation("eval.max_length", "data.max_caption_words", lambda n, w: n <= w + 2,
+             "{a}={va} is more than {b}={vb} + 2 (the decoder's positions)"),
+)
+
+
+def _show(value: Any) -> str:
+    """repr of a value, shortened to stay on one readable line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError (one line: key, value, what is allowed) at the first bad value."""
+    for section, cls in _sections().items():
+        for key in _fields(cls):
+            dotted = f"{section}.{key}"
+            rule = RULES.get(dotted)
+            if rule is None:
+                raise ConfigError(f"config key '{dotted}' has no rule in shared.config.RULES")
+            value = getattr(getattr(config, section), key)
+            if not rule.test(value):
+                raise ConfigError(f"config key '{dotted}' must be {rule.allowed}, "
+                                  f"got {_show(value)}")
+    for rel in RELATIONS:
+        va, vb = config.value(rel.a), config.value(rel.b)
+        if not rel.holds(va, vb):
+            raise ConfigError(f"config key '{rel.a}': "
+                              + rel.problem.format(a=rel.a, va=_show(va), b=rel.b, vb=_show(vb)))
+
+
+def require_paths(config: Config, *keys: str) -> None:
+    """Raise ConfigError naming the first path key (of `keys`, default all path keys) whose
+    file or folder does not exist; empty optional paths are skipped."""
+    for dotted in keys or [k for k, r in RULES.items() if r.exists]:
+        kind = RULES[dotted].exists
+        if not kind:
+            raise ConfigError(f"config key '{dotted}' is not a file or folder path")
         value = config.value(dotted)
-        if value not in allowed:
-            raise ConfigError(f"config key '{dotted}' must be one of {', '.join(allowed)}, "
-                              f"got {value!r}")
-    if config.store.rows_per_chunk < 1:
-        raise ConfigError("config key 'store.rows_per_chunk' must be >= 1")
+        for item in (value if isinstance(value, list) else [value]):
+            found = Path(item).is_file() if kind == "file" else Path(item).is_dir()
+            if item and not found:
+                hint = (" or make it with `python -m shared.datasets prepare`"
+                        if dotted.startswith("data.") else "")
+                raise ConfigError(f"config key '{dotted}' names no existing {kind}: {item} "
+                                  f"(fix the path{hint})")

@@ -4,7 +4,8 @@ A store holds per-row arrays `[N, ...]` (features of one image per row) and whol
 (e.g. a projection matrix). Rows are written one chunk (`rows_per_chunk` rows) at a time;
 after a chunk's data is on disk, a marker file is written atomically into `<store>.progress/`.
 Only chunks with a marker count as done, so a run killed at any point (even `kill -9`) resumes
-by recomputing exactly the chunks without a marker.
+by recomputing exactly the chunks without a marker. Concurrent writers (shards) claim a chunk
+with a flock on `<store>.progress/claim-<chunk>.lock` first (see `shared.chunked_stage`).
 
 Everything structural is created up front: Zarr writes one file per chunk, and HDF5 datasets
 are allocated at creation (contiguous, early allocation), so later writes never touch the
@@ -164,6 +165,20 @@ class FeatureStore:
         if self.format == "hdf5":
             self._handle.flush()
 
+    def write_row_list(self, rows: list[int], values: dict[str, np.ndarray]) -> None:
+        """Write the given rows (ascending; value `i` goes to `rows[i]`), one contiguous run
+        at a time, leaving every other row as it is."""
+        runs, begin = [], 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i] != rows[i - 1] + 1:
+                runs.append((begin, i))
+                begin = i
+        for begin, end in runs:
+            for name, value in values.items():
+                self.array(name)[rows[begin]:rows[begin] + end - begin] = value[begin:end]
+        if self.format == "hdf5":
+            self._handle.flush()
+
     def write_whole(self, name: str, value: np.ndarray) -> None:
         """Write a whole (not per-row) array."""
         self.array(name)[...] = value
@@ -191,6 +206,17 @@ class CommitLog:
     def commit(self, chunk: int, record: dict[str, Any]) -> None:
         write_json_atomic(self.dir / f"chunk-{chunk:07d}.json", record)
 
+    def record(self, chunk: int) -> dict[str, Any] | None:
+        """The commit record of one chunk, or None when it is not committed."""
+        try:
+            return json.loads((self.dir / f"chunk-{chunk:07d}.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def claim_path(self, chunk: int) -> Path:
+        """The file a process flocks while it computes `chunk` (see `shared.chunked_stage`)."""
+        return self.dir / f"claim-{chunk:07d}.lock"
+
     def committed(self) -> dict[int, dict[str, Any]]:
         """Records of every committed chunk, by chunk index."""
         out = {}
@@ -205,8 +231,9 @@ class CommitLog:
 
 @contextmanager
 def store_lock(store_file: Path) -> Iterator[None]:
-    """Exclusive lock shared by every process (shard) writing one store."""
-    lock = Path(store_file).with_name(Path(store_file).name + ".lock")
+    """Short exclusive lock every process (shard) of one store takes to create, reopen or
+    finish it (`<store>.commit.lock`; `<store>.lock` is the writers' `output_lock`)."""
+    lock = Path(store_file).with_name(Path(store_file).name + ".commit.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

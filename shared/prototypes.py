@@ -12,6 +12,10 @@ dumps). Everything is float32 numpy; FAISS runs on the GPU when it has one (`fai
   is used); the final assignment, inertia and empty-cluster count are over *all* points given.
 - `memory_prototypes`: PMA-Net's prototypes: K-Means on the keys gives M_K; each prototype
   value is the mean of the values whose keys are the `knn` nearest neighbours of its centroid.
+- `prototype_count`: how many prototypes a bank gives, the ONE rule of `cluster activations`
+  and the trainer's refreshes: min(memory.n_prototypes, keys in the bank), with a warning line
+  naming `memory.n_prototypes` and the bank size when the bank is smaller (never silently
+  fewer, never refused in one place and shrunk in the other); an empty bank is an error.
 - GPU: with a FAISS GPU build, `use_gpu` None/True and `gpu_device=i` run on GPU i alone (a
   training rank's own GPU); `gpu_device=None` spreads over all visible GPUs.
 - Bank dumps (`write_banks` / `read_banks`): `keys_<l>`, `values_<l>` [n, d] float16/32 and an
@@ -57,6 +61,43 @@ class PrototypeStats:
     empty_clusters: int
     mean_knn_distance: float
     seconds: float
+
+
+@dataclass(frozen=True)
+class PrototypeCount:
+    """What a bank of keys gives: `prototypes` centroids, each value the mean over `knn`
+    neighbours; `warning` is one line when that is fewer than the config asks for, else ''."""
+
+    prototypes: int
+    knn: int
+    warning: str = ""
+
+
+def prototype_count(bank_size: int, n_prototypes: int, knn: int, where: str) -> PrototypeCount:
+    """The one rule for how many memory prototypes a bank of `bank_size` keys gives (used by
+    `cluster activations` and by every trainer refresh, so both agree):
+
+    - `memory.n_prototypes` when the bank has at least that many keys, else one per key
+      (min of the two), with a warning naming `memory.n_prototypes`, the bank size and
+      `where` (e.g. "layer 0 bank");
+    - `memory.knn` likewise clipped to the bank (with a warning);
+    - an empty bank (nothing to cluster) or a non-positive setting is a ValueError.
+    """
+    if n_prototypes < 1 or knn < 1:
+        raise ValueError(f"memory.n_prototypes and memory.knn must be >= 1, got "
+                         f"{n_prototypes} and {knn}")
+    if bank_size < 1:
+        raise ValueError(f"{where} has no keys: nothing to build memory prototypes from "
+                         f"(memory.n_prototypes={n_prototypes})")
+    count, neighbours = min(n_prototypes, bank_size), min(knn, bank_size)
+    problems = []
+    if count < n_prototypes:
+        problems.append(f"{bank_size} keys, fewer than memory.n_prototypes={n_prototypes}: "
+                        f"{count} prototypes built")
+    if neighbours < knn:
+        problems.append(f"memory.knn={knn} clipped to {neighbours}")
+    warning = f"warning: {where}: {'; '.join(problems)}" if problems else ""
+    return PrototypeCount(count, neighbours, warning)
 
 
 def faiss_gpus(use_gpu: bool | None) -> int:

@@ -1,7 +1,10 @@
 """The pipeline as data: each stage's output path, config keys and inputs (the DAG).
 
 Every stage program asks this module where its output goes and what it depends on, so the
-manifest checks (skip / re-run / stale) and `make status` agree on one picture.
+manifest checks (skip / re-run / stale) and `make status` agree on one picture. A stage's
+`upstream` lists the stage specs whose outputs it reads: the manifest checks walk them
+recursively, so a changed key of any stage up the DAG makes everything downstream refuse to
+run (or be reported current) until the chain is rebuilt.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ VOCAB_KEYS = ["data.karpathy_json", "data.min_word_count"]
 CONCEPT_KEYS = ["data.karpathy_json", "clip.model", "clip.pretrained", "fsgr.concept_min_count",
                 "fsgr.concept_list", "fsgr.prompt_template"]
 FIT_KEYS = ["fsgr", "decoder.d_model", "decoder.n_heads", "decoder.n_dec_layers",
-            "decoder.d_ff", "decoder.dropout", "data.max_caption_words", "train.seed",
+            "decoder.d_ff", "decoder.dropout", "data.max_caption_words",
             "train.decay_every", "train.decay_factor", "train.grad_clip", "train.shuffle_buffer",
             "train.precision", "eval.max_length"]
 ENCODE_KEYS = ["store.format", "store.rows_per_chunk", "store.dtype", "clip.precision"]
@@ -49,13 +52,14 @@ def vocab_path(config: Config) -> Path:
 def clip_stage(config: Config) -> StageSpec:
     """`extract clip`: CLIP patch tokens + pooled embeddings of every image."""
     inputs = [Path(config.data.karpathy_json), *_checkpoint_inputs(config)]
-    return StageSpec("extract.clip", clip_store_path(config), CLIP_KEYS, inputs)
+    return StageSpec("extract.clip", clip_store_path(config), CLIP_KEYS, inputs,
+                     command="python -m extract clip")
 
 
 def vocab_stage(config: Config) -> StageSpec:
     """`extract vocab`: the caption vocabulary of the training split."""
     return StageSpec("extract.vocab", vocab_path(config), VOCAB_KEYS,
-                     [Path(config.data.karpathy_json)])
+                     [Path(config.data.karpathy_json)], command="python -m extract vocab")
 
 
 def _checkpoint_inputs(config: Config) -> list[Path]:
@@ -70,19 +74,22 @@ def concepts_stage(config: Config) -> StageSpec:
     inputs = [Path(config.data.karpathy_json), *_checkpoint_inputs(config)]
     if config.fsgr.concept_list:
         inputs.append(Path(config.fsgr.concept_list))
-    return StageSpec("extract.concepts", fsgr_dir(config) / "concepts.npz", CONCEPT_KEYS, inputs)
+    return StageSpec("extract.concepts", fsgr_dir(config) / "concepts.npz", CONCEPT_KEYS, inputs,
+                     command="python -m extract concepts")
 
 
 def fit_stage(config: Config) -> StageSpec:
     """`extract fit`: FSGR modules trained on the CLIP cache with an auxiliary decoder."""
-    inputs = [clip_store_path(config), concepts_stage(config).output, vocab_path(config)]
-    return StageSpec("extract.fit", fsgr_dir(config) / "fsgr.pt", FIT_KEYS, inputs)
+    upstream = [clip_stage(config), concepts_stage(config), vocab_stage(config)]
+    return StageSpec("extract.fit", fsgr_dir(config) / "fsgr.pt", FIT_KEYS, upstream=upstream,
+                     command="python -m extract fit")
 
 
 def encode_stage(config: Config) -> StageSpec:
     """`extract encode`: FSGR features, codebook indices and top-k concepts of every image."""
-    inputs = [clip_store_path(config), fit_stage(config).output]
-    return StageSpec("extract.encode", fsgr_store_path(config), ENCODE_KEYS, inputs)
+    upstream = [clip_stage(config), fit_stage(config)]
+    return StageSpec("extract.encode", fsgr_store_path(config), ENCODE_KEYS, upstream=upstream,
+                     command="python -m extract encode")
 
 
 def prototypes_dir(config: Config) -> Path:
@@ -120,8 +127,9 @@ def visual_array(config: Config) -> str:
 def cluster_features_stage(config: Config) -> StageSpec:
     """`cluster features`: K-Means prototypes of the visual cache (`memory.cross`)."""
     keys = ["cluster", "memory.n_cross_prototypes", "decoder.visual_input"]
-    inputs = [visual_stage(config).output, Path(config.data.karpathy_json)]
-    return StageSpec("cluster.features", prototypes_dir(config) / "features.npz", keys, inputs)
+    return StageSpec("cluster.features", prototypes_dir(config) / "features.npz", keys,
+                     [Path(config.data.karpathy_json)], [visual_stage(config)],
+                     command="python -m cluster features")
 
 
 def cluster_activations_stage(config: Config) -> StageSpec:
@@ -129,7 +137,8 @@ def cluster_activations_stage(config: Config) -> StageSpec:
     keys = ["cluster", "memory.n_prototypes", "memory.knn"]
     return StageSpec("cluster.activations",
                      experiment_dir(config) / "prototypes" / "memory.npz", keys,
-                     [memory_banks_path(config)])
+                     upstream=[memory_banks_stage(config)],
+                     command="python -m cluster activations")
 
 
 TRAIN_KEYS = ["decoder", "memory", "train", "cluster.n_iter", "cluster.seed",
@@ -143,12 +152,19 @@ def train_dir(config: Config) -> Path:
 
 def train_stage(config: Config) -> StageSpec:
     """`train`: the caption decoder (XE) on the visual cache; output: the best checkpoint."""
-    inputs = [visual_stage(config).output, vocab_path(config)]
-    if config.memory.cross:
-        inputs.append(cluster_features_stage(config).output)
+    upstream = _train_upstream(config)
     if config.memory.self and config.memory.init_from_cluster:
-        inputs.append(cluster_activations_stage(config).output)
-    return StageSpec("train", train_dir(config) / "best.pt", TRAIN_KEYS, inputs)
+        upstream.append(cluster_activations_stage(config))
+    return StageSpec("train", train_dir(config) / "best.pt", TRAIN_KEYS, upstream=upstream,
+                     command="python -m train --xe-only")
+
+
+def _train_upstream(config: Config) -> list[StageSpec]:
+    """What cross-entropy training reads, apart from activation prototypes it may start from."""
+    upstream = [visual_stage(config), vocab_stage(config)]
+    if config.memory.cross:
+        upstream.append(cluster_features_stage(config))
+    return upstream
 
 
 SCST_KEYS = ["scst", "memory", "cluster.n_iter", "cluster.seed", "train.seed",
@@ -159,11 +175,14 @@ SCST_KEYS = ["scst", "memory", "cluster.n_iter", "cluster.seed", "train.seed",
 def scst_stage(config: Config) -> StageSpec:
     """`train` after cross-entropy: self-critical training from the XE best checkpoint (or
     `scst.init_checkpoint`); output: `train/scst/best.pt`."""
-    start = Path(config.scst.init_checkpoint) if config.scst.init_checkpoint else \
-        train_stage(config).output
-    inputs = [start, visual_stage(config).output, vocab_path(config),
-              Path(config.data.karpathy_json)]
-    return StageSpec("train.scst", train_dir(config) / "scst" / "best.pt", SCST_KEYS, inputs)
+    inputs = [Path(config.data.karpathy_json)]
+    upstream = [visual_stage(config), vocab_stage(config)]
+    if config.scst.init_checkpoint:
+        inputs.insert(0, Path(config.scst.init_checkpoint))
+    else:
+        upstream.insert(0, train_stage(config))
+    return StageSpec("train.scst", train_dir(config) / "scst" / "best.pt", SCST_KEYS, inputs,
+                     upstream, command="python -m train --scst-only")
 
 
 def decoder_stage(config: Config) -> StageSpec:
@@ -178,10 +197,8 @@ def memory_banks_stage(config: Config) -> StageSpec:
     from a run with another `train.lr` (or cache, ...) make the activation prototypes stale.
     The activation prototypes a run may start from (`memory.init_from_cluster`) are left out:
     they are built from these banks, and counting them would re-train forever."""
-    train = train_stage(config)
-    own_prototypes = cluster_activations_stage(config).output
-    return StageSpec("train.banks", memory_banks_path(config), list(train.config_keys),
-                     [path for path in train.inputs if path != own_prototypes])
+    return StageSpec("train.banks", memory_banks_path(config), list(TRAIN_KEYS),
+                     upstream=_train_upstream(config), command="python -m train --xe-only")
 
 
 CAPTIONS_KEYS = ["eval.split", "eval.beam_size", "eval.max_length", "data.max_caption_words"]
@@ -196,19 +213,27 @@ def eval_dir(config: Config, split: str | None = None) -> Path:
 
 def captions_stage(config: Config) -> StageSpec:
     """`evaluate score`, first half: beam-search captions of `eval.split` (COCO results json)."""
-    inputs = [decoder_stage(config).output, visual_stage(config).output, vocab_path(config),
-              Path(config.data.karpathy_json)]
+    upstream = [decoder_stage(config), visual_stage(config), vocab_stage(config)]
     return StageSpec("evaluate.captions", eval_dir(config) / "captions.json", CAPTIONS_KEYS,
-                     inputs)
+                     [Path(config.data.karpathy_json)], upstream,
+                     command="python -m evaluate score")
 
 
 def eval_stage(config: Config) -> StageSpec:
     """`evaluate score`, second half: metrics of the captions (pycocoevalcap, CHAIR, CLIP-S)."""
-    inputs = [captions_stage(config).output, *(Path(p) for p in config.data.captions_json),
+    inputs = [*(Path(p) for p in config.data.captions_json),
               *(Path(p) for p in config.data.instances_json)]
+    upstream = [captions_stage(config)]
     if config.eval.clipscore:
-        inputs.append(clip_stage(config).output)
-    return StageSpec("evaluate.score", eval_dir(config) / "metrics.json", SCORE_KEYS, inputs)
+        upstream.append(clip_stage(config))
+    return StageSpec("evaluate.score", eval_dir(config) / "metrics.json", SCORE_KEYS, inputs,
+                     upstream, command="python -m evaluate score")
+
+
+def report_stage(config: Config) -> StageSpec:
+    """`evaluate report`: the self-contained HTML page of the scored split."""
+    return StageSpec("evaluate.report", eval_dir(config) / "report.html", ["eval.split"],
+                     upstream=[eval_stage(config)], command="python -m evaluate report")
 
 
 def all_stages(config: Config) -> list[StageSpec]:
@@ -217,4 +242,4 @@ def all_stages(config: Config) -> list[StageSpec]:
             encode_stage(config), cluster_features_stage(config), train_stage(config),
             *([scst_stage(config)] if config.scst.enabled else []),
             cluster_activations_stage(config), captions_stage(config),
-            eval_stage(config)]
+            eval_stage(config), report_stage(config)]

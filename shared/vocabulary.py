@@ -1,9 +1,26 @@
-"""Caption vocabulary: lower-cased words without punctuation, kept above a minimum count."""
+"""Caption vocabulary: lower-cased words without punctuation, kept above a minimum count.
+
+Words are what scoring compares, so they follow what pycocoevalcap's PTB tokenizer (Stanford
+CoreNLP, run over the references and the generated captions) leaves of a caption:
+
+- letters of every script are kept and lower-cased: "Café" -> "café", "ZÜRICH" -> "zürich"
+  (the PTB tokenizer keeps them; an ASCII-only filter would score "caf" against "café");
+- text is NFC-normalised first, so a decomposed "e" + U+0301 is the same word as "é"
+  (`evaluate.references` normalises the references the same way);
+- a word is a maximal run of letters, digits and combining marks; CJK characters are letters,
+  and a run of them without spaces stays ONE word, as the PTB tokenizer leaves it: CJK
+  captions must come word-segmented (spaces between words, e.g. the Karpathy json's tokens)
+  for both the vocabulary and the metrics to see words;
+- everything else separates words and is dropped. Known differences from the PTB tokens,
+  all on punctuation: "dog's" gives "dog" "s" here, "dog" "'s" there; PTB keeps non-ASCII
+  punctuation ("。", "¿") and splits "x²" into "x" "²".
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -11,14 +28,29 @@ from pathlib import Path
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
-_NON_WORD = re.compile(r"[^a-z0-9 ]+")
+_WORD_CATEGORIES = ("L", "N", "M")  # Unicode letters, digits/numbers, combining marks
+_ASCII_NON_WORD = re.compile(r"[^a-z0-9]+")  # the same rule for ASCII text, fast
+
+
+def _is_word_char(char: str) -> bool:
+    return unicodedata.category(char)[0] in _WORD_CATEGORIES
+
+
+def normalize_text(text: str) -> str:
+    """NFC, lower-case: the form captions are compared in (vocabulary and references)."""
+    return unicodedata.normalize("NFC", text).lower()
 
 
 def normalize_words(words: Iterable[str]) -> list[str]:
-    """Lower-case, strip punctuation, drop empties: the field's caption normalisation."""
+    """NFC, lower-case, split at anything but letters/digits/marks, drop empties: the field's
+    caption normalisation, for every script (see the module docstring)."""
     out: list[str] = []
     for word in words:
-        out.extend(_NON_WORD.sub(" ", word.lower()).split())
+        if word.isascii():
+            out.extend(_ASCII_NON_WORD.sub(" ", word.lower()).split())
+            continue
+        text = normalize_text(word)
+        out.extend("".join(c if _is_word_char(c) else " " for c in text).split())
     return out
 
 

@@ -58,7 +58,7 @@ def image_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random weights of the repo's tiny CLIP config, saved as a local checkpoint file."""
     torch.manual_seed(0)
-    bundle = create_clip(TINY_MODEL, "")
+    bundle = create_clip(TINY_MODEL, "random")
     path = tmp_path_factory.mktemp("ckpt") / "tiny_clip.pt"
     save_clip_weights(bundle.model, path)
     return path

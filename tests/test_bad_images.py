@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+import extract.__main__ as extract_main
 from shared.feature_store import FeatureStore
 from shared.images import ImageError, load_rgb
+from shared.manifest import read_manifest
 from tests.conftest import DEMO_CONFIG, REPO, config_overrides, karpathy_entry, write_karpathy
 
 
@@ -65,29 +68,47 @@ def test_load_rgb_converts_or_explains(corpus) -> None:
     assert max(load_rgb(root / "images" / "huge.jpg", target_size=64).size) < 9000
 
 
-def test_extraction_completes_and_records_failures(corpus, tmp_path, tiny_checkpoint) -> None:
+def test_failures_beyond_the_limit_are_recorded_not_completed(corpus, tmp_path,
+                                                              tiny_checkpoint) -> None:
+    """4 of 12 images unreadable: far beyond `clip.max_failed_fraction` (0.001): exit 2 with
+    one line naming the count, the key and the failure list; rows written but no manifest.
+    With a lenient limit the next run retries the 4 rows and completes (exit 3), then skips."""
     root, expected = corpus
     sets = config_overrides(tmp_path, root, tiny_checkpoint, "store.rows_per_chunk=5")
-    args = [sys.executable, "-m", "extract", "clip", "--config", str(DEMO_CONFIG)]
-    args += [a for s in sets for a in ("--set", s)]
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    options = ["clip", "--config", str(DEMO_CONFIG), *(a for s in sets for a in ("--set", s))]
+    proc = subprocess.run([sys.executable, "-m", "extract", *options], cwd=REPO,
+                          capture_output=True, text=True)
     failing = {n for n, r in expected.items() if r is not None}
-    assert proc.returncode == 3, proc.stderr
-    assert f"{len(failing)} failed" in proc.stdout
-
     store_file = tmp_path / "demo" / "features" / "clip.zarr"
-    lines = store_file.with_name("clip.failures.jsonl").read_text().splitlines()
-    failures = {Path(f["path"]).name: f["reason"] for f in map(json.loads, lines)}
+    failures_file = store_file.with_name("clip.failures.jsonl")
+    assert proc.returncode == 2, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "error" in line] == [
+        f"error: extract clip: {len(failing)} of {len(expected)} images failed, more than "
+        f"clip.max_failed_fraction = 0.001 allows; not marked complete (a re-run retries only "
+        f"the failed ones); failure list: {failures_file}"]
+    assert read_manifest(store_file) is None
+
+    failures = {Path(f["path"]).name: f["reason"]
+                for f in map(json.loads, failures_file.read_text().splitlines())}
     assert set(failures) == failing
     for name in failing:
         assert expected[name] in failures[name]
     with FeatureStore.open(store_file) as store:
         valid = store.read("valid")
         tokens = store.read("patch_tokens")
-    names = list(expected)
-    for row, name in enumerate(names):
+    for row, name in enumerate(expected):
         assert valid[row] == (name not in failing), name
         assert np.abs(tokens[row]).sum() > 0 if name not in failing else not tokens[row].any()
 
-    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-    assert again.returncode == 0 and "up to date" in again.stdout
+    retry = CliRunner().invoke(extract_main.app,
+                               [*options, "--set", "clip.max_failed_fraction=0.5"])
+    assert retry.exit_code == 3, retry.output
+    assert (f"resuming {store_file} (3 chunks already done, {len(failing)} failed rows to "
+            f"retry)") in retry.stdout
+    assert f"{len(failing)} images in" in retry.stdout and f"{len(failing)} retried" in retry.stdout
+    assert (f"warning: extract clip: {len(failing)} of {len(expected)} images could not be read "
+            f"(within clip.max_failed_fraction = 0.5)") in retry.stdout
+    assert read_manifest(store_file)["summary"]["failed"] == len(failing)
+    assert len(failures_file.read_text().splitlines()) == len(failing)
+    again = CliRunner().invoke(extract_main.app, options)
+    assert again.exit_code == 0 and "up to date" in again.stdout

@@ -15,12 +15,13 @@ from cluster.feature_prototypes import cluster_features
 from shared.config import Config, load_config
 from shared.feature_store import ArraySpec, FeatureStore
 from shared.manifest import read_manifest, write_manifest
-from shared.prototypes import (fit_sample_size, kmeans, knn_search, memory_prototypes,
-                               read_banks, read_feature_prototypes, read_memory_prototypes,
-                               subsample_rows, write_banks)
+from shared.prototypes import (PrototypeCount, fit_sample_size, kmeans, knn_search,
+                               memory_prototypes, prototype_count, read_banks,
+                               read_feature_prototypes, read_memory_prototypes, subsample_rows,
+                               write_banks)
 from shared.stages import (clip_stage, cluster_activations_stage, cluster_features_stage,
                            concepts_stage, encode_stage, fit_stage, memory_banks_path,
-                           vocab_stage)
+                           memory_banks_stage, vocab_stage)
 from tests.conftest import DEMO_CONFIG, karpathy_entry, write_karpathy
 
 RNG = np.random.default_rng
@@ -172,7 +173,7 @@ def stage_config(root: Path, *extra: str) -> tuple[Config, list[str]]:
     """The demo config pointed at a tiny Karpathy json and run folder under `root`."""
     sets = [f"data.karpathy_json={json.dumps(str(root / 'dataset.json'))}",
             f"data.image_root={json.dumps(str(root / 'images'))}",
-            f"data.run_root={json.dumps(str(root / 'runs'))}", 'clip.pretrained=""',
+            f"data.run_root={json.dumps(str(root / 'runs'))}", 'clip.pretrained="random"',
             "store.rows_per_chunk=5", "memory.n_cross_prototypes=6", "cluster.max_points=300",
             "memory.n_prototypes=8", "memory.knn=4", "cluster.n_iter=10", *extra]
     return load_config(DEMO_CONFIG, sets), sets
@@ -207,6 +208,9 @@ def fake_caches(root: Path) -> tuple[Config, list[str], np.ndarray]:
                                  "valid": valid})
     for spec in (vocab_stage(config), clip_stage(config), concepts_stage(config),
                  fit_stage(config), encode_stage(config)):
+        if not spec.output.exists():  # a file output (vocab, concepts, fsgr.pt): a stand-in
+            spec.output.parent.mkdir(parents=True, exist_ok=True)
+            spec.output.write_bytes(b"")
         write_manifest(spec, config)
     return config, sets, centres
 
@@ -245,12 +249,12 @@ def test_cluster_features_writes_skips_and_reruns(tmp_path: Path) -> None:
 def test_cluster_features_refuses_a_missing_or_stale_cache(tmp_path: Path) -> None:
     config, sets, _ = fake_caches(tmp_path / "a")
     empty, _ = stage_config(tmp_path / "a", f"data.run_root={json.dumps(str(tmp_path / 'b'))}")
-    with pytest.raises(RuntimeError, match=r"fsgr\.zarr is not usable for this config "
-                                           r"\(no complete output yet\): run `python -m "
-                                           r"extract encode` first"):
+    with pytest.raises(RuntimeError, match=r"extract\.encode: its input extract\.clip \(.*"
+                                           r"clip\.zarr\) has not been built: rebuild it with "
+                                           r"`python -m extract clip`"):
         cluster_features(empty, progress=False)
     stale = load_config(DEMO_CONFIG, [*sets, 'store.dtype="float32"'])
-    with pytest.raises(RuntimeError, match=r"not usable.*store\.dtype"):
+    with pytest.raises(RuntimeError, match=r"is stale \(config changed \(store\.dtype"):
         cluster_features(stale, progress=False)
     too_many = load_config(DEMO_CONFIG, [*sets, "memory.n_cross_prototypes=400"])
     with pytest.raises(ValueError, match="memory.n_cross_prototypes=400 is more than the 300"):
@@ -258,14 +262,16 @@ def test_cluster_features_refuses_a_missing_or_stale_cache(tmp_path: Path) -> No
 
 
 def write_bank_dump(config: Config, n: int = 200, seed: int = 0) -> None:
+    """Banks as the trainer dumps them: the npz and its manifest (the training run's identity)."""
     rng = RNG(seed)
     keys = [rng.standard_normal((n, 16)) for _ in range(2)]
     values = [rng.standard_normal((n, 16)) for _ in range(2)]
     write_banks(memory_banks_path(config), keys, values)
+    write_manifest(memory_banks_stage(config), config, {"rows": [n, n]})
 
 
 def test_cluster_activations(tmp_path: Path) -> None:
-    config, sets = stage_config(tmp_path)
+    config, sets, _ = fake_caches(tmp_path)
     with pytest.raises(NoBankDump, match=r"run `make train` first"):
         cluster_activations(config, progress=False)
     write_bank_dump(config)
@@ -281,12 +287,39 @@ def test_cluster_activations(tmp_path: Path) -> None:
     assert cluster_activations(config, progress=False)[0].startswith(
         "cluster activations: up to date")
     other = load_config(DEMO_CONFIG, [*sets, "memory.knn=6"])
+    write_bank_dump(other)  # [memory] is part of the training run: its banks are another run's
     assert "memory.knn: 4 -> 6" in cluster_activations(other, progress=False)[0]
-    write_bank_dump(config, seed=1)  # a new dump from the trainer
-    assert "input changed" in cluster_activations(other, progress=False)[0]
-    too_many = load_config(DEMO_CONFIG, [*sets, "memory.n_prototypes=300"])
-    with pytest.raises(ValueError, match="200 keys, fewer than memory.n_prototypes=300"):
-        cluster_activations(too_many, progress=False)
+    retrained = load_config(DEMO_CONFIG, [*sets, "memory.knn=6", "train.lr=1e-3"])
+    write_bank_dump(retrained, seed=1)  # a new dump, from a run with another train.lr
+    assert "input changed" in cluster_activations(retrained, progress=False)[0]
+    # a bank smaller than memory.n_prototypes: one prototype per key, said (the trainer's rule)
+    too_many = load_config(DEMO_CONFIG, [*sets, "memory.n_prototypes=300", "memory.knn=250"])
+    write_bank_dump(too_many)
+    lines = cluster_activations(too_many, progress=False)
+    warning = (f"warning: {memory_banks_path(config)} layer 0: 200 keys, fewer than "
+               "memory.n_prototypes=300: 200 prototypes built; memory.knn=250 clipped to 200")
+    assert lines[1] == warning and lines[2].startswith("warning: ")
+    assert "2 layers x 200 prototypes (knn 200) from 200 keys" in lines[3]
+    assert [k.shape for k, _ in read_memory_prototypes(spec.output)] == [(200, 16)] * 2
+    summary = read_manifest(spec.output)["summary"]
+    assert summary["prototypes"] == [200, 200] and summary["warnings"][0] == warning
+    write_banks(memory_banks_path(config), [np.zeros((0, 16))] * 2, [np.zeros((0, 16))] * 2)
+    with pytest.raises(ValueError, match="layer 0 has no keys: nothing to build memory "
+                                         "prototypes from"):
+        cluster_activations(too_many, force=True, progress=False)
+
+
+def test_prototype_count_is_one_rule() -> None:
+    """What `cluster activations` and every trainer refresh build from a bank."""
+    assert prototype_count(500, 64, 16, "bank") == PrototypeCount(64, 16, "")
+    small = prototype_count(40, 64, 16, "layer 1 bank")
+    assert (small.prototypes, small.knn) == (40, 16)
+    assert small.warning == ("warning: layer 1 bank: 40 keys, fewer than memory.n_prototypes=64"
+                             ": 40 prototypes built")
+    assert prototype_count(5, 4, 8, "b").warning == "warning: b: memory.knn=8 clipped to 5"
+    for bad in ((0, 64, 16), (10, 0, 4), (10, 4, 0)):
+        with pytest.raises(ValueError):
+            prototype_count(*bad, "bank")
 
 
 def test_cli_activations_without_banks(tmp_path: Path) -> None:

@@ -88,6 +88,13 @@ def test_experiment_names_separate_decoder_outputs() -> None:
         assert stage(named).output.is_relative_to(experiment_dir(named))
         assert not stage(base).output.is_relative_to(base.run_dir / "experiments")
     assert clip_stage(named).output == clip_stage(base).output  # caches are shared
-    bad = load_config(REPO / "configs" / "demo.toml", ['train.experiment="../elsewhere"'])
-    with pytest.raises(ValueError, match="plain folder name"):
-        experiment_dir(bad)
+    with pytest.raises(ConfigError, match=r"'train\.experiment' must be a plain folder name"):
+        load_config(REPO / "configs" / "demo.toml", ['train.experiment="../elsewhere"'])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_name_their_dataset_kind(path: Path) -> None:
+    """`data.kind` says what `prepare` does; `data.name` only names the run and may change."""
+    assert load_config(path).data.kind == path.stem
+    renamed = load_config(path, ['data.name="small_run"'])
+    assert renamed.data.kind == path.stem and renamed.run_dir == Path("runs") / "small_run"

@@ -142,7 +142,7 @@ def test_demo_tiny_clip_through_create_clip() -> None:
     """The demo's avg-pooled model (the shipped config) through the factory: grid, shapes,
     pooled embedding unchanged; tokens are the hand-computed CSA tokens."""
     torch.manual_seed(0)
-    standard = create_clip(TINY_MODEL, "")
+    standard = create_clip(TINY_MODEL, "random")
     assert standard.patch_attention == "standard"
     assert standard.model.visual.pool_type == "avg"
     csa = ClipBundle(standard.name, standard.model, standard.preprocess, standard.tokenizer,
@@ -159,7 +159,7 @@ def test_demo_tiny_clip_through_create_clip() -> None:
     torch.testing.assert_close(tokens, ref_tokens, rtol=1e-5, atol=1e-5)
     # avg pooling: the pooled embedding is the mean of the *standard* tokens, projected
     torch.testing.assert_close(std_pooled, std_tokens.mean(1) @ csa.model.visual.proj)
-    assert create_clip(TINY_MODEL, "", patch_attention="csa").patch_attention == "csa"
+    assert create_clip(TINY_MODEL, "random", patch_attention="csa").patch_attention == "csa"
 
 
 def test_vit_l_14_is_supported() -> None:
@@ -180,7 +180,7 @@ def test_unsupported_towers_and_values_are_refused() -> None:
     with pytest.raises(ValueError, match="standard attention blocks"):
         check_csa_supported(tiny_vit(qk_norm=True))
     with pytest.raises(ValueError, match="clip.patch_attention must be one of"):
-        create_clip(TINY_MODEL, "", patch_attention="correlative")
+        create_clip(TINY_MODEL, "random", patch_attention="correlative")
     with pytest.raises(ConfigError, match="patch_attention"):
         load_config(DEMO_CONFIG, ['clip.patch_attention="sclip"'])
     assert load_config(DEMO_CONFIG, []).clip.patch_attention == "standard"

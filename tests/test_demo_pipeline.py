@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
+import sys
 
 import torch
 
@@ -65,3 +67,41 @@ def test_make_ablation_on_a_small_demo(demo_run, tmp_path) -> None:
         has_memory = any("memory_keys" in key for key in torch.load(
             experiment / "train" / "best.pt", weights_only=True)["model"])
         assert has_memory == memory
+
+    _staleness_through_the_programs(sets, tmp_path)
+
+
+def _staleness_through_the_programs(sets: list[str], tmp_path) -> None:
+    """On the finished pipeline: a changed FSGR key makes `train` refuse (naming the stage to
+    rebuild) and `make status` report everything below it stale; moving the run folder keeps
+    every stage current."""
+    options = [arg for s in sets for arg in ("--set", s)]
+    refused = subprocess.run([sys.executable, "-m", "train", "--config", "configs/demo.toml",
+                              *options, "--set", "fsgr.top_k=5"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("error: ") and " its input extract.fit " in refused.stderr \
+        and \
+        refused.stderr.count("\n") == 1 and "python -m extract fit" in refused.stderr
+
+    def status(*extra: str) -> dict[str, str]:
+        args = " ".join(f"--set {shlex.quote(s)}" for s in [*sets, *extra])
+        done = subprocess.run(["make", "--no-print-directory", "status", f"ARGS={args}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return {line.split()[1]: line.split()[0] for line in done.stdout.splitlines()
+                if line.split() and line.split()[0] in ("ok", "stale", "todo")}
+
+    before = status()
+    assert set(before.values()) == {"ok"}, before
+    changed = status("fsgr.top_k=5")
+    assert changed["extract.clip"] == changed["extract.concepts"] == "ok"
+    assert changed["extract.fit"] == "stale"
+    assert {changed[name] for name in ("extract.encode", "train", "train.scst",
+                                       "evaluate.captions", "evaluate.score",
+                                       "evaluate.report")} == {"stale"}
+
+    moved = tmp_path / "moved" / "runs"
+    shutil.move(tmp_path / "runs", moved)
+    after_move = status(f"data.run_root={json.dumps(str(moved))}")
+    assert after_move == before, after_move

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +17,8 @@ from evaluate.report_inputs import build_report
 from evaluate.score import score
 from shared.config import load_config
 from shared.karpathy import load_karpathy, split_records
-from shared.stages import eval_dir
+from shared.manifest import manifest_path
+from shared.stages import eval_dir, train_dir
 from tests.conftest import DEMO_CONFIG
 from train.trainer import train
 
@@ -61,6 +64,10 @@ def test_metrics_json_keys_and_ranges(scored) -> None:
     assert metrics["not_computed"] == {"SPICE": next(
         n for n in metrics["notes"] if n.startswith("SPICE skipped"))}
     assert metrics["warnings"] == [] and metrics["caption_stats"]["captions"] == 30
+    layers = config.decoder.n_dec_layers
+    assert metrics["memory"] == {"self": True, "prototypes": 16, "n_prototypes": 16,
+                                 "prototypes_per_layer": [16] * layers, "cross": False,
+                                 "cross_prototypes": 0}
     printed = "\n".join(lines).splitlines()
     header = next(line for line in printed if line.startswith("| run |"))
     row = next(line for line in printed if line.startswith("| demo/test |"))
@@ -101,6 +108,24 @@ def test_missing_caption_file_stops_before_decoding(scored, tmp_path) -> None:
     assert captions.stat().st_mtime_ns == before  # nothing was decoded
 
 
+def test_bad_instances_file_stops_before_decoding(scored, tmp_path) -> None:
+    config, sets, _ = scored
+    captions = eval_dir(config) / "captions.json"
+    before = captions.stat().st_mtime_ns
+    data = json.loads(Path(config.data.instances_json[0]).read_text())
+    data["annotations"][3]["category_id"] = 999
+    broken = tmp_path / "instances.json"
+    broken.write_text(json.dumps(data))
+    config = load_config(DEMO_CONFIG, [*sets, "eval.beam_size=2",
+                                       f"data.instances_json=[{json.dumps(str(broken))}]"])
+    with pytest.raises(ValueError) as info:
+        score(config, progress=False)
+    assert str(info.value) == (
+        f"{broken}: annotations[3].category_id 999 is not the id of any entry of 'categories' "
+        "(data.instances_json; or --set data.instances_json=[] to skip CHAIR)")
+    assert captions.stat().st_mtime_ns == before  # nothing was decoded
+
+
 def test_spice_missing_is_one_line_and_other_metrics_stay(tmp_path, monkeypatch) -> None:
     assert "not found in" in coco_metrics.spice_missing(tmp_path)
     for jar in coco_metrics.CORENLP_JARS:
@@ -124,6 +149,21 @@ def test_report_has_every_image(scored) -> None:
         assert f'id="img-{entry["image_id"]}"' in html
     assert html.count('class="cell') >= len(per_image) * 64  # 8x8 FSGR concept grid each
     assert "data:image/png;base64," in html  # the training curve
+    layers = "/".join(["16"] * config.decoder.n_dec_layers)
+    assert f"memory self=True cross=False ({layers} self-attention prototypes per layer in " \
+        "the checkpoint)" in html
+    items = banner_items(html)
+    assert items[0].startswith("not computed: SPICE (SPICE skipped: ")  # offline
+    assert not any("memory" in item for item in items)
+
+
+def banner_items(html: str) -> list[str]:
+    """The warnings the report's banner lists (checked against the count in its heading)."""
+    banner = html[html.index('<section class="banner"'):html.index("</section>")]
+    items = [item.split("</li>")[0] for item in banner.split("<li>")[1:]]
+    noun = "warning" if len(items) == 1 else "warnings"
+    assert f"<h2>{len(items)} {noun}: read before using these results</h2>" in banner
+    return items
 
 
 def test_caption_folder_with_a_corrupt_file(scored, tmp_path) -> None:
@@ -150,12 +190,21 @@ def test_caption_folder_with_a_corrupt_file(scored, tmp_path) -> None:
         assert written[str(folder / r.path.name)] == captions[r.image_id]
 
 
+def copy_metrics(config, target: Path, change: Callable[[dict], None]) -> dict:
+    """The run's metrics.json, changed, written to `target` with a copy of its manifest."""
+    metrics = json.loads((eval_dir(config) / "metrics.json").read_text())
+    change(metrics)
+    target.write_text(json.dumps(metrics))
+    manifest = manifest_path(eval_dir(config) / "metrics.json")
+    shutil.copy(manifest, manifest_path(target))
+    return metrics
+
+
 def test_compare_two_runs(scored, tmp_path) -> None:
     config, _, _ = scored
     other = tmp_path / "other.json"
-    metrics = json.loads((eval_dir(config) / "metrics.json").read_text())
-    metrics["metrics"] = {k: v / 2 for k, v in metrics["metrics"].items()}
-    other.write_text(json.dumps(metrics))
+    metrics = copy_metrics(config, other, lambda m: m.update(
+        metrics={k: v / 2 for k, v in m["metrics"].items()}))
     result = CliRunner().invoke(app, ["compare", f"PMA={eval_dir(config)}", f"half={other}",
                                       "--output", str(tmp_path / "table")])
     assert result.exit_code == 0, result.output
@@ -167,12 +216,64 @@ def test_compare_two_runs(scored, tmp_path) -> None:
     assert f"{100 * cider:.1f}" in markdown
     line = metrics["signature"]["line"]
     assert f"- `PMA: {line}`" in markdown and f"% half: {line}" in latex
+    assert "†" not in markdown  # both runs have their prototypes
     missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no metrics.json" in missing.output
+
+
+def test_compare_refuses_metrics_without_manifest(scored, tmp_path) -> None:
+    config, _, _ = scored
+    lone = tmp_path / "lone.json"
+    copy_metrics(config, lone, lambda m: None)
+    manifest_path(lone).unlink()
+    result = CliRunner().invoke(app, ["compare", f"PMA={eval_dir(config)}", str(lone)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {lone} has no readable manifest (lone.json.manifest.json), so it is no "
+        "complete evaluation: make it with `python -m evaluate score` (the run's --config/--set)")
+
+
+@pytest.fixture(scope="module")
+def memoryless(demo_run, scored):
+    """A "PMA" run shorter than memory.warmup_iterations: trained and scored with 0
+    prototypes; its train manifest carries a warning (as the trainer writes them)."""
+    _, sets = demo_run
+    sets = [*sets, *EVAL_TRAIN_SETS, "train.max_epochs=1", "memory.warmup_iterations=100000",
+            'train.experiment="short"']
+    config = load_config(DEMO_CONFIG, sets)
+    train(config, progress=False)
+    manifest = json.loads(manifest_path(train_dir(config) / "best.pt").read_text())
+    manifest["summary"]["warnings"] = ["warning: made up by the test"]
+    manifest_path(train_dir(config) / "best.pt").write_text(json.dumps(manifest))
+    lines = score(config, progress=False)
+    return config, lines
+
+
+def test_pma_without_prototypes_is_stated_everywhere(scored, memoryless, tmp_path) -> None:
+    config, lines = memoryless
+    metrics = json.loads((eval_dir(config) / "metrics.json").read_text())
+    assert metrics["memory"]["self"] is True and metrics["memory"]["prototypes"] == 0
+    warning = next(w for w in metrics["warnings"] if "0 memory prototypes" in w)
+    assert "not PMA's" in warning and warning in lines  # printed by `evaluate score` too
+    result = CliRunner().invoke(app, ["compare", f"PMA={eval_dir(scored[0])}",
+                                      f"short={eval_dir(config)}"])
+    assert result.exit_code == 0, result.output
+    assert "| short † |" in result.output and "| PMA |" in result.output
+    assert ("- **† short: memory.self is on but its checkpoint has 0 memory prototypes (saved "
+            "before the first refresh): a plain transformer's result, not PMA's**") \
+        in result.output
+    assert r"short$^\dagger$ &" in result.output and "% † short: memory.self" in result.output
+    html = build_report(config).read_text()
+    assert "<title>short (demo) / test: captions and metrics</title>" in html
+    items = banner_items(html)
+    assert "0 memory prototypes" in items[0] and items[1].startswith("not computed: SPICE")
+    assert "train: warning: made up by the test" in items[2:]
+    zeros = "/".join(["0"] * config.decoder.n_dec_layers)
+    assert f"({zeros} self-attention prototypes per layer in the checkpoint)" in html
 
 
 def test_untrained_run_is_refused(demo_run, tmp_path) -> None:
     _, sets = demo_run
     config = load_config(DEMO_CONFIG, [*sets, f"data.run_root={json.dumps(str(tmp_path))}"])
-    with pytest.raises(RuntimeError, match="run `python -m"):
+    with pytest.raises(RuntimeError, match="`python -m [a-z]+"):
         load_trained_decoder(config, __import__("torch").device("cpu"))

@@ -419,3 +419,80 @@ def test_headless_browser_renders_the_page(report, tmp_path: Path) -> None:
     assert mark_pixels > 100, "hallucination marks not rendered"
     if os.environ.get("REPORT_SCREENSHOT"):
         shutil.copy(png, os.environ["REPORT_SCREENSHOT"])
+
+
+LONG_TOKEN = "x" * 400
+LONG_PATH = Path("/data/" + "/".join(["a-rather-long-folder-name"] * 20) + "/image.jpg")
+
+
+def css_rules(html: str) -> dict[str, str]:
+    """selector -> declarations of the page's own CSS (the first rule of each selector)."""
+    css = html[html.index("<style>") + len("<style>"):html.index("</style>")]
+    rules: dict[str, str] = {}
+    for block in css.split("}"):
+        if "{" in block:
+            selector, body = block.split("{", 1)
+            for name in selector.split(","):
+                rules.setdefault(name.strip(), body.replace("\n", ""))
+    return rules
+
+
+def test_warnings_open_the_page_in_a_banner(tmp_path: Path) -> None:
+    images = build_images(tmp_path / "images")[:1]
+    warnings = ["warning: 100% of the 5 captions are empty", "not computed: SPICE (offline)",
+                "train: warning: <b>bold</b>"]
+    html = write_report(tmp_path / "r.html", title="t", images=images, metrics={},
+                        warnings=warnings).read_text(encoding="utf-8")
+    body = html[html.index("<body>") + len("<body>"):]
+    assert body.startswith('<section class="banner" role="alert"><h2>3 warnings: read before '
+                           "using these results</h2><ul><li>warning: 100% of the 5 captions")
+    assert "<li>train: warning: &lt;b&gt;bold&lt;/b&gt;</li>" in body
+    plain = write_report(tmp_path / "p.html", title="t", images=images, metrics={})
+    assert 'class="banner"' not in plain.read_text(encoding="utf-8")
+
+
+def test_nothing_is_wider_than_the_window(tmp_path: Path) -> None:
+    """Long captions, references, file paths, config/signature lines and metric names wrap
+    (CSS `overflow-wrap:anywhere`, inherited from body; `pre` wraps its lines); tables, images
+    and the card grid are capped at their box."""
+    image = build_images(tmp_path / "images")[2]   # the missing file: its path is shown
+    image.file, image.caption = LONG_PATH, f"a {LONG_TOKEN} on a table"
+    image.references = [f"the {LONG_TOKEN}"]
+    html = write_report(tmp_path / "r.html", title=f"run {LONG_TOKEN}", images=[image],
+                        metrics={f"metric_{LONG_TOKEN}": 0.5},
+                        config_lines=[f"signature train:xe|refs:{LONG_TOKEN}"],
+                        warnings=[f"warning: {LONG_TOKEN}"]).read_text(encoding="utf-8")
+    assert LONG_TOKEN in html and str(LONG_PATH) in html
+    rules = css_rules(html)
+    assert "overflow-wrap:anywhere" in rules["body"]
+    for selector in (".caption", ".refs ol", "pre", "h1", ".banner ul", ".metrics th", "code"):
+        assert "overflow-wrap:normal" not in rules.get(selector, ""), selector
+        assert "white-space:nowrap" not in rules.get(selector, ""), selector
+    assert "white-space:pre-wrap" in rules["pre"]
+    assert "max-width:100%" in rules["table"] and "max-width:100%" in rules["img"]
+    assert "minmax(min(360px,100%),1fr)" in rules["#cards"]
+    assert "min-width:0" in rules[".head-grid section"]
+    assert "overflow:auto" in rules[".usage-table"]   # a wide usage table scrolls in its box
+
+
+OVERFLOW_PROBE = ("<script>document.title = 'width ' + document.documentElement.scrollWidth + "
+                  "' of ' + window.innerWidth;</script>")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium / chromium-browser on PATH")
+def test_headless_browser_sees_no_horizontal_overflow(tmp_path: Path) -> None:
+    image = build_images(tmp_path / "images")[2]
+    image.file, image.caption = LONG_PATH, f"a {LONG_TOKEN} on a table"
+    path = write_report(tmp_path / "r.html", title=f"run {LONG_TOKEN}", images=[image],
+                        metrics={"CIDEr": 1.0}, config_lines=[f"signature {LONG_TOKEN}"],
+                        warnings=[f"warning: {LONG_TOKEN}"])
+    path.write_text(path.read_text(encoding="utf-8").replace("</body>",
+                                                             OVERFLOW_PROBE + "</body>"),
+                    encoding="utf-8")
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--window-size=600,900", "--dump-dom", path.as_uri()],
+                         check=True, timeout=60, capture_output=True, text=True).stdout
+    title = dom[dom.index("<title>") + len("<title>"):dom.index("</title>")]
+    _, width, _, window = title.split()
+    assert int(width) <= int(window), title

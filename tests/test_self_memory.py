@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from shared.config import Config, load_config
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims
 from shared.prototypes import faiss_gpus, flat_l2_index
+from train.trainer import drop_stale_banks
 from shared.training_schedule import save_atomic
 from train.self_memory import SelfMemory, banks_file
 
@@ -104,7 +105,7 @@ def test_banks_file_round_trip_and_cut_short_saves(tmp_path: Path, monkeypatch) 
         memory.collect()
     entry = memory.save_banks(last)
     save_atomic({"memory": entry}, last)
-    memory.drop_old_banks(last, entry)
+    drop_stale_banks(last)
     saved = banks_of(memory)
     generator = memory.generator.get_state()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -124,7 +125,7 @@ def test_banks_file_round_trip_and_cut_short_saves(tmp_path: Path, monkeypatch) 
     # and the next complete save removes both older banks files
     entry = memory.save_banks(last)
     save_atomic({"memory": entry}, last)
-    memory.drop_old_banks(last, entry)
+    drop_stale_banks(last)
     assert len(list(tmp_path.glob("last.banks.*.pt"))) == 1
     # a missing or foreign banks file is an error that says what to do
     banks_file(last, entry["token"]).unlink()
@@ -173,3 +174,33 @@ def test_ddp_prototypes_come_from_every_rank(tmp_path: Path) -> None:
         assert 0 < int(owner.sum()) < 4   # prototypes of rank 1's keys and of rank 0's
         np.testing.assert_allclose(v0[owner].numpy(), 2.0, atol=0.05)   # values of rank 1
         np.testing.assert_allclose(v0[~owner].numpy(), 1.0, atol=0.05)
+
+
+def test_each_refresh_is_logged_and_a_small_bank_gives_fewer_prototypes_said() -> None:
+    """The rule of `cluster activations` (`shared.prototypes.prototype_count`): a bank with
+    fewer keys than memory.n_prototypes gives one prototype per key, with a warning."""
+    memory = memory_for(small_config("memory.n_prototypes=30", "memory.kmeans_max_points=0"))
+    lines: list[str] = []
+    memory.log = lines.append
+    assert memory.warnings()[0].startswith(
+        "warning: memory.self is on but the decoder has 0 prototypes without a step: no refresh "
+        "ran (the first comes after memory.warmup_iterations=")
+    memory.collect()
+    assert not memory.due(1)   # the demo config's warm-up is longer
+    assert "after 1 steps" in memory.warnings()[0] and "not PMA" in memory.warnings()[0]
+    memory.refresh()   # 20 keys per layer < 30
+    assert [k.shape[0] for k, _ in memory.decoder.memory_prototypes()] == [20] * LAYERS
+    assert lines[0] == ("memory refresh after step 1: 20/20 prototypes per layer from 20/20 "
+                        f"bank keys (knn 3/3) in {memory.refresh_log[0]['seconds']:.1f}s")
+    assert lines[1:] == [f"warning: memory refresh: layer {i} bank: 20 keys, fewer than "
+                         "memory.n_prototypes=30: 20 prototypes built" for i in range(LAYERS)]
+    assert memory.refresh_log[0]["prototypes"] == memory.refresh_log[0]["bank_keys"] == [20, 20]
+    assert memory.warnings() == ["warning: the decoder holds 20/20 prototypes per layer, fewer "
+                                 "than memory.n_prototypes=30 (the banks held fewer keys at the "
+                                 "last refresh)"]
+    memory.collect()
+    memory.due(2)
+    memory.refresh()   # 40 keys: the full 30
+    assert lines[-1].startswith("memory refresh after step 2: 30/30 prototypes per layer from "
+                                "40/40 bank keys")
+    assert memory.warnings() == [] and memory.installed() == [30, 30]

@@ -92,8 +92,10 @@ def test_recall_and_chance_arithmetic() -> None:
 
 
 def test_prepare_cli_runs_then_skips(tmp_path: Path) -> None:
+    """A renamed demo run (`data.name`) is still prepared as the demo (`data.kind`)."""
     args = ["prepare", "--config", str(ROOT / "configs" / "demo.toml")]
-    for override in [*demo_overrides(tmp_path / "demo"), "demo.n_train=16", "demo.n_val=2",
+    for override in [*demo_overrides(tmp_path / "demo"), 'data.name="shapes_small"',
+                     "demo.n_train=16", "demo.n_val=2",
                      "demo.n_test=4", "demo.clip_epochs=1", "demo.clip_batch_size=8",
                      "clip.model=\"demo-tiny-clip\"",
                      f"clip.pretrained={json.dumps(str(tmp_path / 'tiny.pt'))}"]:
@@ -114,3 +116,26 @@ def test_clip_pretrained_must_be_a_path(tmp_path: Path) -> None:
         "--set", "clip.pretrained=openai"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: config key 'clip.pretrained'")
+
+
+def prepare_karpathy(config: Config, *extra: str) -> list[str]:
+    """`prepare` with data.kind = "karpathy" on the files of `config`: (exit code, lines)."""
+    args = ["prepare", "--config", str(ROOT / "configs" / "demo.toml"), "--set",
+            'data.kind="karpathy"', "--set", 'data.name="shapes_copy"',
+            *sum((["--set", o] for o in demo_overrides(config.demo.output_dir)), [])]
+    for override in extra:
+        args += ["--set", override]
+    result = CliRunner().invoke(app, args)
+    return [str(result.exit_code), *result.output.strip().splitlines()]
+
+
+def test_prepare_checks_a_karpathy_dataset(trained: tuple[Config, str], tmp_path: Path) -> None:
+    config, _ = trained
+    code, *lines = prepare_karpathy(config)
+    assert code == "0", lines
+    assert lines == [f"shapes_copy: {DemoPaths(Path(config.demo.output_dir)).karpathy_json}: "
+                     f"{N_TRAIN + 44} images (train {N_TRAIN}, val 4, test 40), all present"]
+    missing = json.dumps(str(tmp_path / "none.json"))
+    code, *lines = prepare_karpathy(config, f"data.karpathy_json={missing}")
+    assert code == "2" and len(lines) == 1
+    assert lines[0].startswith("error: config key 'data.karpathy_json' names no existing file")

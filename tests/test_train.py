@@ -1,4 +1,5 @@
-"""`python -m train` on the small demo run: learning, exact resume, NaN stop, DDP, widths."""
+"""`python -m train` on the small demo run: learning, exact resume (also from `last.prev.pt`
+when `last.pt` is broken), NaN stop, DDP, widths."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from shared.config import load_config
 from shared.manifest import read_manifest
 from shared.models.caption_decoder import caption_loss
 from shared.prototypes import read_banks
-from shared.stages import memory_banks_path, train_dir
+from shared.stages import memory_banks_path, memory_banks_stage, train_dir
 from tests.conftest import DEMO_CONFIG, REPO
 
 TRAIN_SETS = ["train.max_epochs=2", "train.batch_size=25", "train.warmup_steps=10",
@@ -63,12 +64,18 @@ def test_loss_falls_and_memory_is_built(trained) -> None:
 
 
 def test_banks_live_beside_the_checkpoint_in_float16(trained) -> None:
+    """Each resume point (`last.pt`, and `last.prev.pt` of the epoch before) has its own
+    banks file, and no other banks file is kept."""
     config = trained[0]
     last = train_dir(config) / "last.pt"
     ckpt = torch.load(last, weights_only=True)
     entry = ckpt["memory"]
     assert set(entry) == {"banks_file", "token", "generator"}   # no bank rows in last.pt
-    assert [p.name for p in last.parent.glob("last.banks.*.pt")] == [entry["banks_file"]]
+    prev = torch.load(last.with_name("last.prev.pt"), weights_only=True)
+    assert prev["epoch"] == ckpt["epoch"] - 1 and prev["step"] < ckpt["step"]
+    assert sorted(p.name for p in last.parent.glob("last.banks.*.pt")) == \
+        sorted([entry["banks_file"], prev["memory"]["banks_file"]])
+    assert not list(last.parent.glob("*.tmp"))
     banks = torch.load(last.with_name(entry["banks_file"]), weights_only=True)
     assert banks["token"] == entry["token"] and len(banks["layers"]) == config.decoder.n_dec_layers
     for layer in banks["layers"]:
@@ -93,7 +100,18 @@ def test_resume_continues_exactly(trained, monkeypatch) -> None:
     monkeypatch.undo()
     lines = trainer.train(config, progress=False)
     assert lines[0] == "train: resuming after epoch 1 (step 48)"
+    assert_as_uninterrupted(config, uninterrupted, uninterrupted_state)
+    other = load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS, "train.lr=1e-3"])
+    with pytest.raises(RuntimeError, match=r"--resume: .*last\.pt is missing or was written "
+                                           r"with another config \(config changed \(train\.lr"):
+        trainer.train(other, progress=False, resume=True)
+
+
+def assert_as_uninterrupted(config, uninterrupted: list[dict], uninterrupted_state: dict
+                            ) -> None:
+    """The resumed run logged, holds and dumped exactly what the uninterrupted one did."""
     resumed = log_of(config)
+    assert len(resumed) == len(uninterrupted)
     for key in ("train_loss", "val_loss", "val_cider", "prototype_refreshes", "step"):
         assert resumed[1][key] == uninterrupted[1][key], key
     state = run_state(config)
@@ -107,10 +125,44 @@ def test_resume_continues_exactly(trained, monkeypatch) -> None:
     for (keys, values), (other_keys, other_values) in zip(state["dump"],
                                                           uninterrupted_state["dump"]):
         assert (keys == other_keys).all() and (values == other_values).all()
-    other = load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS, "train.lr=1e-3"])
-    with pytest.raises(RuntimeError, match=r"--resume: .*last\.pt is missing or was written "
-                                           r"with another config \(config changed \(train\.lr"):
-        trainer.train(other, progress=False, resume=True)
+
+
+def test_broken_last_pt_resumes_from_the_previous_epoch(trained, monkeypatch, capsys) -> None:
+    """Killed after epoch 2's `last.pt`, which then turns out truncated: the run warns in one
+    line and resumes from `last.prev.pt` (after epoch 1) with its own banks file, re-runs
+    epoch 2 (logged once) and ends exactly as the uninterrupted run."""
+    config, _, _, uninterrupted, uninterrupted_state = trained
+    plots = {"n": 0}
+
+    def interrupt_in_epoch_two(*_):
+        plots["n"] += 1
+        if plots["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption after epoch 2's checkpoint")
+
+    monkeypatch.setattr(trainer, "plot_curves", interrupt_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config, force=True, progress=False)
+    monkeypatch.undo()
+    last = train_dir(config) / "last.pt"
+    prev = last.with_name("last.prev.pt")
+    points = [torch.load(path, weights_only=True) for path in (last, prev)]
+    assert [ckpt["epoch"] for ckpt in points] == [1, 0]
+    data = last.read_bytes()
+    last.write_bytes(data[:len(data) // 2])
+    capsys.readouterr()
+    lines = trainer.train(config, progress=False)
+    shown = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert shown == [f"warning: {last} is unusable (not a readable resume point: truncated, or "
+                     f"not a torch checkpoint ({len(data) // 2:,} bytes)); resuming from "
+                     f"last.prev.pt (one epoch earlier)"]
+    assert lines[0] == "train: resuming after epoch 1 (step 48)"
+    assert log_of(config)[1]["warnings"] == shown
+    assert_as_uninterrupted(config, uninterrupted, uninterrupted_state)
+    # the point it resumed from stays the previous one; the truncated one's banks are gone
+    assert torch.load(prev, weights_only=True)["epoch"] == 0
+    kept = {torch.load(path, weights_only=True)["memory"]["banks_file"] for path in (last, prev)}
+    assert {path.name for path in last.parent.glob("last.banks.*.pt")} == kept
+    assert points[0]["memory"]["banks_file"] not in kept
 
 
 def test_non_finite_loss_stops_and_keeps_last_good(trained, monkeypatch) -> None:
@@ -176,7 +228,7 @@ def test_activation_prototypes_follow_the_training_run(trained) -> None:
     other = load_config(DEMO_CONFIG, [*one_epoch, "train.lr=1e-3"])
     trainer.train(other, progress=False)
     lines = cluster_activations(other, progress=False)
-    assert lines[0] == f"cluster activations: input changed ({memory_banks_path(other)})"
+    assert lines[0] == f"cluster activations: input changed ({memory_banks_stage(other).name})"
     assert read_manifest(memory_banks_path(other))["config"]["train.lr"] == 1e-3
     assert cluster_activations(other, progress=False)[0].startswith(
         "cluster activations: up to date")

@@ -5,15 +5,23 @@ Each phase resumes from its `last.pt` (`runs/<dataset>/train/last.pt`, `.../trai
 when it was started with the same config, and is skipped when its output is up to date;
 `--force` starts over (the phases that run). Multi-GPU:
 `torchrun --nproc_per_node N -m train --config PATH`.
+
+The run holds the lock on `<experiment>/train/` (`shared.output_lock`; rank 0 under torchrun),
+so a second `train` of the same experiment stops at once with exit status 2.
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from typing import Annotated
 
 import typer
 
 from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
+from shared.config import Config
+from shared.output_lock import output_lock
+from shared.stages import train_dir
 from train.scst import train_scst
 from train.trainer import train
 
@@ -42,6 +50,15 @@ def main(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fals
     cfg = load(config, set_)
     if scst_only and not cfg.scst.enabled:
         raise StageFailure("--scst-only but scst.enabled is false")
+    # torchrun: rank 0 holds the lock for the job (a busy rank 0 exiting ends its job)
+    first_rank = os.environ.get("RANK", "0") == "0"
+    with output_lock(train_dir(cfg), "train") if first_rank else nullcontext():
+        _train_phases(cfg, force, resume, xe_only, scst_only)
+
+
+def _train_phases(cfg: Config, force: bool, resume: bool, xe_only: bool,
+                  scst_only: bool) -> None:
+    """Cross-entropy, then SCST when enabled, as the options ask."""
     xe_was_done = scst_only
     if not scst_only:
         lines = train(cfg, force=force, resume=resume)

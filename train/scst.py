@@ -40,7 +40,8 @@ the teacher-forced forward feed `SelfMemory` and prototypes are refreshed on its
 (counted in SCST steps; banks start empty, the XE prototypes serve until the first refresh).
 
 Each epoch: validation exactly as in cross-entropy training (val loss, greedy CIDEr-D), then
-`train/scst/last.pt` (exact resume) and `train/scst/best.pt` (XE format), and a `"phase":
+`train/scst/last.pt` (exact resume; the previous one kept as `last.prev.pt` until the new one
+is complete, as in cross-entropy training) and `train/scst/best.pt` (XE format), and a `"phase":
 "scst"` record in the shared `train/log.jsonl`, after an epoch-0 record of the starting
 weights; every such record names its `baseline` and `loss_normalization`. The starting
 weights count as a candidate for `best.pt` (epoch -1 there, epoch 0 in the log): if SCST never
@@ -64,6 +65,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from shared.checkpoint_files import Rotation, load_checkpoint, pick_resume_point
 from shared.cider_reward import CiderDReward, references_fingerprint
 from shared.config import Config
 from shared.devices import autocast, resolve_device
@@ -73,12 +75,14 @@ from shared.manifest import current_state, decide, remove_manifest, require_curr
 from shared.models.beam_search import beam_search
 from shared.models.caption_decoder import CaptionDecoder
 from shared.stages import scst_stage, train_dir, train_stage, visual_stage, vocab_stage
-from shared.training_schedule import restore_state, resume_state, save_atomic
+from shared.training_schedule import (RunWarnings, drop_log_records, restore_state,
+                                      resume_state, save_atomic)
 from shared.vocabulary import Vocabulary, normalize_words
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
-from train.trainer import NonFiniteLoss, build_decoder, init_distributed, refresh_prototypes
+from train.trainer import (NonFiniteLoss, banks_check, build_decoder, drop_stale_banks,
+                           init_distributed, refresh_prototypes)
 
 __all__ = ["StepResult", "TeacherForced", "baseline_rewards", "beam_candidates",
            "candidate_mask", "load_reward", "sample_captions", "scst_loss", "scst_lr",
@@ -362,34 +366,20 @@ def _load_start(config: Config, device: torch.device) -> tuple[dict, Path]:
     """The starting checkpoint: `scst.init_checkpoint` or the current XE best.pt."""
     if config.scst.init_checkpoint:
         path = Path(config.scst.init_checkpoint)  # existence checked by train_scst
+        fix = "point scst.init_checkpoint at a best.pt written by `python -m train`"
     else:
         path = train_stage(config).output
         require_current(train_stage(config), config, "python -m train --xe-only")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
-            raise KeyError("no 'model' and 'meta' entries")
-    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as err:
-        detail = " ".join(str(err).split())[:200]
-        raise RuntimeError(f"{path}: not a readable decoder checkpoint ({detail})") from None
+        fix = "re-run `python -m train --xe-only --force`"
+    ckpt = load_checkpoint(path, "decoder checkpoint", fix, keys=("model", "meta"),
+                           map_location=device)
     return ckpt, path
 
 
 def _rewrite_log(log_path: Path, keep_scst_through: int) -> None:
     """Drop `"phase": "scst"` records after epoch `keep_scst_through` (-1: all of them)."""
-    if not log_path.exists():
-        return
-    kept = []
-    for line in log_path.read_text().splitlines():
-        if not line:
-            continue
-        record = json.loads(line)
-        if record.get("phase") == "scst" and record["epoch"] > keep_scst_through:
-            continue
-        kept.append(line)
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(log_path)
+    drop_log_records(log_path, lambda r: r.get("phase") == "scst"
+                     and r["epoch"] > keep_scst_through)
 
 
 def train_scst(config: Config, force: bool = False, progress: bool = True,
@@ -473,10 +463,17 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     settings = {"baseline": sc.baseline, "loss_normalization": sc.loss_normalization}
     start_epoch, step, best_cider, stale_epochs, start_cider = 0, 0, -math.inf, 0, math.nan
     lines: list[str] = []
-    ckpt = None if force else restore_state(last, state["identity"], decoder, optimizer, device)
+    warnings = RunWarnings(show=ranks.main)
+    source, notes = (None, []) if force else pick_resume_point(
+        last, state["identity"], banks_check if memory is not None else None)
+    for note in notes:
+        warnings.add(note)
+    rotation = Rotation(last, source)
+    ckpt = None if source is None else \
+        restore_state(source, state["identity"], decoder, optimizer, device)
     if ckpt is not None:
         if memory is not None:
-            memory.load_banks(last, ckpt["memory"], banks=ranks.main)
+            memory.load_banks(source, ckpt["memory"], banks=ranks.main)
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
         start_cider = ckpt["start_cider"]
@@ -492,7 +489,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
         if ranks.main:
             record: dict[str, Any] = {"phase": "scst", "epoch": 0, "step": 0,
                                       "start_checkpoint": str(start_path), **settings,
-                                      **validate()}
+                                      **validate(), **warnings.take()}
             start_cider = best_cider = record["val_cider"]
             save_atomic({"model": decoder.state_dict(), "epoch": -1, "meta": best_meta,
                          "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
@@ -568,6 +565,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
         if ranks.main:
             record.update(validate())
             record["seconds"] = time.perf_counter() - started
+            record.update(warnings.take())
             improved = record["val_cider"] > best_cider
             best_cider = max(best_cider, record["val_cider"])
             stale_epochs = 0 if improved else stale_epochs + 1
@@ -576,12 +574,15 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
                              "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
                             best)
             banks = memory.save_banks(last) if memory is not None else {}  # before last.pt
-            save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
-                         "memory": banks,
-                         "epoch": epoch, "step": step, "best_cider": best_cider,
-                         "stale_epochs": stale_epochs, "start_cider": start_cider}, last)
-            if memory is not None:
-                memory.drop_old_banks(last, banks)
+            try:
+                rotation.before_save()
+                save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
+                             "memory": banks,
+                             "epoch": epoch, "step": step, "best_cider": best_cider,
+                             "stale_epochs": stale_epochs, "start_cider": start_cider}, last)
+            finally:
+                if memory is not None:
+                    drop_stale_banks(last)
             with log_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             plot_curves(log_path, train_dir(config) / "curves.png")
@@ -595,12 +596,18 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
             best_cider, stale_epochs = float(flags[0]), int(flags[1])
 
     if ranks.main:
-        best_ckpt = torch.load(best, map_location="cpu", weights_only=True)
+        if memory is not None:
+            for line in memory.warnings():
+                warnings.add(line)
+        best_ckpt = load_checkpoint(best, "decoder checkpoint", "re-run `python -m train "
+                                    "--scst-only --force`",
+                                    keys=("epoch", "val_cider", "val_loss"))
         best_epoch = best_ckpt["epoch"] + 1
         write_manifest(spec, config, {"best_epoch": best_epoch, "val_cider_start": start_cider,
                                       "val_cider": best_ckpt["val_cider"],
                                       "val_loss": best_ckpt["val_loss"], "stopped": stopped,
-                                      "steps": step, "start_checkpoint": str(start_path)},
+                                      "steps": step, "start_checkpoint": str(start_path),
+                                      **warnings.summary()},
                        state=state)
         if best_epoch == 0:
             lines.append(f"train scst: {stopped} after {step} steps; no epoch beat the start "

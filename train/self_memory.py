@@ -9,6 +9,13 @@ and M_V as the mean of the values of the `memory.knn` nearest keys (of the whole
 centroid — the same library code as `python -m cluster activations`. FAISS runs on the
 training device's own GPU when it has a GPU build and `cluster.device` allows it.
 
+- How many prototypes: `shared.prototypes.prototype_count`, the rule `cluster activations`
+  follows too: min(memory.n_prototypes, keys in the layer's bank), with a warning line when the
+  bank is smaller. Every refresh is logged (one line: step, prototypes installed per layer,
+  bank size per layer, knn, seconds; and kept in `refresh_log`); `warnings()` states what the
+  trainer's manifest should carry, e.g. a run that ended before `memory.warmup_iterations`
+  and so trained (and would be evaluated) with 0 prototypes.
+
 - Banks hold float16 rows (halves the memory; a resumed run continues from exactly the rows
   an uninterrupted run holds, since both only ever see the float16 values).
 - Several ranks (DDP): every step the ranks' sampled rows are all-gathered and rank 0 alone
@@ -21,17 +28,21 @@ training device's own GPU when it has a GPU build and `cluster.device` allows it
 from __future__ import annotations
 
 import math
+import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
+from shared.checkpoint_files import load_checkpoint
 from shared.config import Config
 from shared.models.caption_decoder import CaptionDecoder
 from shared.models.memory_attention import MemoryBank
-from shared.prototypes import memory_prototypes, use_gpu_for
+from shared.prototypes import PrototypeCount, memory_prototypes, prototype_count, use_gpu_for
 from shared.training_schedule import save_atomic
 
 BANKS_FORMAT = 1
@@ -56,6 +67,14 @@ def banks_file(checkpoint: Path, token: str) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.banks.{token}.pt")
 
 
+def layer_counts(bank_sizes: list[int], config: Config) -> list[PrototypeCount]:
+    """Prototypes and k-NN neighbours each layer's bank gives (`prototype_count`, the rule
+    `cluster activations` follows too)."""
+    mem = config.memory
+    return [prototype_count(n, mem.n_prototypes, mem.knn, f"memory refresh: layer {layer} bank")
+            for layer, n in enumerate(bank_sizes)]
+
+
 def layer_prototypes(snapshots: list[tuple[torch.Tensor, torch.Tensor]], config: Config,
                      gpu_device: int | None = None
                      ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list]:
@@ -63,23 +82,33 @@ def layer_prototypes(snapshots: list[tuple[torch.Tensor, torch.Tensor]], config:
     settings of `[memory]` / `[cluster]` (what one refresh computes; also `bench/refresh.py`)."""
     mem, clu = config.memory, config.cluster
     per_layer, stats = [], []
-    for keys, values in snapshots:
-        n = keys.shape[0]
-        m = min(mem.n_prototypes, n)
+    counts = layer_counts([keys.shape[0] for keys, _ in snapshots], config)
+    for (keys, values), count in zip(snapshots, counts):
+        m = count.prototypes
         sample = mem.kmeans_max_points if mem.kmeans_max_points >= m else None
         mk, mv, layer_stats = memory_prototypes(
-            keys.float().numpy(), values.float().numpy(), m, min(mem.knn, n), clu.n_iter,
+            keys.float().numpy(), values.float().numpy(), m, count.knn, clu.n_iter,
             clu.seed, use_gpu_for(clu.device), max_points=sample, gpu_device=gpu_device)
         per_layer.append((mk, mv))
         stats.append(layer_stats)
     return per_layer, stats
 
 
-class SelfMemory:
-    """Banks of every decoder layer plus the refresh schedule."""
+def _log_to_stderr(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)
 
-    def __init__(self, decoder: CaptionDecoder, config: Config) -> None:
+
+class SelfMemory:
+    """Banks of every decoder layer plus the refresh schedule.
+
+    `log` receives one line per refresh (default: stderr, above any progress bar)."""
+
+    def __init__(self, decoder: CaptionDecoder, config: Config,
+                 log: Callable[[str], None] | None = None) -> None:
         self.decoder, self.config = decoder, config.memory
+        self.log = log or _log_to_stderr
+        self.refresh_log: list[dict] = []
+        self.step: int | None = None   # the last step `due` was asked about
         self.full_config = config
         if self.config.kmeans_max_points < 0:
             raise ValueError(f"memory.kmeans_max_points must be >= 0 (0: every key), got "
@@ -140,7 +169,9 @@ class SelfMemory:
         return gathered
 
     def due(self, step: int) -> bool:
-        """Whether prototypes are rebuilt after `step` (1-based count of finished steps)."""
+        """Whether prototypes are rebuilt after `step` (1-based count of finished steps); the
+        step is remembered for the refresh log."""
+        self.step = step
         warm = self.config.warmup_iterations
         return step >= warm and (step - warm) % self.config.refresh_stride == 0
 
@@ -153,15 +184,55 @@ class SelfMemory:
         gpu_device = device.index if device.type == "cuda" else None
         if gpu_device is None and device.type == "cuda":
             gpu_device = torch.cuda.current_device()
-        per_layer, stats = layer_prototypes([bank.snapshot() for bank in self.banks],
-                                            self.full_config, gpu_device)
+        snapshots = [bank.snapshot() for bank in self.banks]
+        counts = layer_counts([keys.shape[0] for keys, _ in snapshots], self.full_config)
+        per_layer, stats = layer_prototypes(snapshots, self.full_config, gpu_device)
         self.decoder.set_memory_prototypes([
             (torch.from_numpy(mk).to(device), torch.from_numpy(mv).to(device))
             for mk, mv in per_layer])
+        record = {"step": self.step, "prototypes": [int(mk.shape[0]) for mk, _ in per_layer],
+                  "bank_keys": [int(keys.shape[0]) for keys, _ in snapshots],
+                  "knn": [c.knn for c in counts],
+                  "warnings": [c.warning for c in counts if c.warning],
+                  "seconds": round(sum(float(s.seconds) for s in stats), 3)}
+        self.refresh_log.append(record)
+        self._log_refresh(record)
         return {"prototypes": per_layer[0][0].shape[0],
                 "inertia": sum(float(s.inertia) for s in stats),
                 "fit_points": sum(s.n_fit_points for s in stats),
                 "seconds": sum(float(s.seconds) for s in stats)}
+
+    def _log_refresh(self, record: dict) -> None:
+        """One line per refresh (and one per warning it raised)."""
+        def per_layer(values: list[int]) -> str:
+            return "/".join(str(v) for v in values)
+        when = f"step {record['step']}" if record["step"] is not None else "a step"
+        self.log(f"memory refresh after {when}: {per_layer(record['prototypes'])} prototypes "
+                 f"per layer from {per_layer(record['bank_keys'])} bank keys (knn "
+                 f"{per_layer(record['knn'])}) in {record['seconds']:.1f}s")
+        for warning in record["warnings"]:
+            self.log(warning)
+
+    def installed(self) -> list[int]:
+        """Prototypes the decoder holds now, per layer (what a checkpoint saved now holds)."""
+        return [int(keys.shape[0]) for keys, _ in self.decoder.memory_prototypes()]
+
+    def warnings(self) -> list[str]:
+        """What a finished run should state (e.g. in its manifest's `warnings`): a decoder
+        left with 0 prototypes (no refresh ran: the run ended before
+        `memory.warmup_iterations`), or fewer than `memory.n_prototypes` at the last refresh."""
+        installed, wanted = self.installed(), self.config.n_prototypes
+        steps = f"after {self.step} steps" if self.step is not None else "without a step"
+        if not any(installed):
+            return [f"warning: memory.self is on but the decoder has 0 prototypes {steps}: no "
+                    f"refresh ran (the first comes after memory.warmup_iterations="
+                    f"{self.config.warmup_iterations} steps), so this is a plain transformer, "
+                    f"not PMA"]
+        if min(installed) < wanted:
+            return [f"warning: the decoder holds {'/'.join(map(str, installed))} prototypes "
+                    f"per layer, fewer than memory.n_prototypes={wanted} (the banks held fewer "
+                    f"keys at the last refresh)"]
+        return []
 
     def refresh_synced(self) -> None:
         """`refresh` on rank 0, then every rank installs the same prototypes (broadcast from
@@ -201,7 +272,7 @@ class SelfMemory:
         """Write the banks to a new file beside `checkpoint` (float16, `save_atomic`) and
         return the small entry the checkpoint itself stores under "memory".
 
-        Call before writing the checkpoint and `drop_old_banks` after it: at any moment the
+        Call before writing the checkpoint and `train.trainer.drop_stale_banks` after it: at any moment the
         checkpoint on disk names a banks file that is complete, so the pair stays consistent
         whenever the run is killed."""
         token = uuid.uuid4().hex[:16]
@@ -220,15 +291,6 @@ class SelfMemory:
         save_atomic({"format": BANKS_FORMAT, "token": token, "layers": layers}, path)
         return {"banks_file": path.name, "token": token, "generator": self.generator.get_state()}
 
-    @staticmethod
-    def drop_old_banks(checkpoint: Path, entry: dict) -> None:
-        """Remove the banks files of `checkpoint` other than the one `entry` names."""
-        checkpoint = Path(checkpoint)
-        for pattern in (f"{checkpoint.stem}.banks.*.pt", f"{checkpoint.stem}.banks.*.pt.tmp"):
-            for path in checkpoint.parent.glob(pattern):
-                if path.name != entry.get("banks_file"):
-                    path.unlink(missing_ok=True)
-
     def load_banks(self, checkpoint: Path, entry: dict, banks: bool = True) -> None:
         """Restore what `save_banks` wrote for `checkpoint` (its "memory" entry); `banks=False`
         restores only the sampling state (DDP ranks other than 0 keep no banks)."""
@@ -243,7 +305,8 @@ class SelfMemory:
         if not path.is_file():
             raise RuntimeError(f"{checkpoint} needs its memory banks {path}, which is missing; "
                                f"run with --force to start over")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_checkpoint(path, "memory banks file", "run with --force to start over",
+                                  keys=("format", "token", "layers"))
         if payload.get("format") != BANKS_FORMAT or payload.get("token") != entry["token"] or \
                 len(payload["layers"]) != len(self.banks):
             raise RuntimeError(f"{path} does not belong to {checkpoint}; run with --force to "

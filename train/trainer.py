@@ -5,8 +5,12 @@ shuffle buffer, background prefetch). Adam(0.9, 0.98) with linear warm-up and st
 gradient clipping, AMP (bf16 on CUDA). Each epoch: validation loss and greedy CIDEr-D on val,
 `last.pt` (everything needed to continue exactly: model incl. prototypes, optimizer, RNG,
 step, patience; the float16 memory banks in their own `last.banks.<token>.pt` beside it, which
-`last.pt` names) and `best.pt` (model-sized), written atomically; early stopping on val CIDEr-D.
-Metrics go to `log.jsonl` and `curves.png`. Multi-GPU / multi-process with `torchrun`
+`last.pt` names) and `best.pt` (model-sized), written atomically; the previous `last.pt` stays
+as `last.prev.pt` (with its banks file) until the new one is complete, and a run whose
+`last.pt` is unreadable resumes from it (`shared.checkpoint_files`). Early stopping on val
+CIDEr-D. Metrics go to `log.jsonl` and `curves.png`; a warm-up longer than the run and a
+training loss that does not fall are warnings (stderr, the epoch record's `"warnings"`, the
+manifest summary). Multi-GPU / multi-process with `torchrun`
 (DistributedDataParallel, each rank streams its own share of the chunks).
 """
 
@@ -17,6 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +29,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from shared.checkpoint_files import (Rotation, UnreadableCheckpoint, load_checkpoint,
+                                     pick_resume_point, previous_path, read_entry)
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.manifest import (current_state, decide, remove_manifest, require_current,
@@ -33,7 +40,8 @@ from shared.prototypes import read_feature_prototypes, read_memory_prototypes, w
 from shared.stages import (cluster_activations_stage, cluster_features_stage,
                            memory_banks_path, memory_banks_stage,
                            train_dir, train_stage, visual_stage, vocab_stage)
-from shared.training_schedule import lr_factor, restore_state, resume_state, save_atomic
+from shared.training_schedule import (LossTrend, RunWarnings, drop_log_records, lr_factor,
+                                      restore_state, resume_state, save_atomic, warmup_warning)
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
@@ -137,18 +145,35 @@ def train(config: Config, force: bool = False, progress: bool = True,
     last, best, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
     start_epoch, step, best_cider, stale_epochs = 0, 0, -math.inf, 0
     lines: list[str] = []
-    ckpt = None if force else restore_state(last, state["identity"], decoder, optimizer, device)
+    warnings = RunWarnings(show=ranks.main)
+    source, notes = (None, []) if force else pick_resume_point(
+        last, state["identity"], banks_check if memory is not None else None)
+    for note in notes:
+        warnings.add(note)
+    rotation = Rotation(last, source)
+    ckpt = None if source is None else \
+        restore_state(source, state["identity"], decoder, optimizer, device)
     if ckpt is not None:
         if memory is not None:
-            memory.load_banks(last, ckpt["memory"], banks=ranks.main)
+            memory.load_banks(source, ckpt["memory"], banks=ranks.main)
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
         lines.append(f"train: resuming after epoch {start_epoch} (step {step})")
     if resume and start_epoch == 0:
         raise RuntimeError(f"--resume: {last} is missing or was written with another config "
                            f"({decision.reason})")
-    if start_epoch == 0 and ranks.main:
-        log_path.unlink(missing_ok=True)
+    if ranks.main:
+        if start_epoch == 0:
+            log_path.unlink(missing_ok=True)
+        else:  # epochs after the resume point (`last.prev.pt`'s) are logged again
+            drop_log_records(log_path, lambda r: r.get("phase", "xe") == "xe"
+                             and r.get("epoch", 0) > start_epoch)
+    per_epoch = batches.n_batches(start_epoch)
+    warnings.add(warmup_warning("train.warmup_steps", config.train.warmup_steps,
+                                config.train.max_epochs, per_epoch))
+    trend = LossTrend(per_epoch * config.train.max_epochs)
+    if ckpt is not None:
+        trend.load_state(ckpt.get("loss_trend"))
 
     stopped = "max_epochs"
     for epoch in range(start_epoch, config.train.max_epochs):
@@ -184,7 +209,9 @@ def train(config: Config, force: bool = False, progress: bool = True,
             nn.utils.clip_grad_norm_(decoder.parameters(), config.train.grad_clip)
             optimizer.step()
             step += 1
-            loss_sum += float(loss.detach())
+            loss_value = float(loss.detach())
+            loss_sum += loss_value
+            trend.add(loss_value)
             if memory is not None:
                 memory.collect()
                 if memory.due(step):
@@ -201,6 +228,9 @@ def train(config: Config, force: bool = False, progress: bool = True,
         if ranks.main:
             decoder.eval()
             record.update(validate())
+            warnings.add(trend.warning("the training loss", f"train.lr ({config.train.lr:g}) "
+                                       f"and train.warmup_steps ({config.train.warmup_steps:,})"))
+            record.update(warnings.take())
             improved = record["val_cider"] > best_cider
             best_cider = max(best_cider, record["val_cider"])
             stale_epochs = 0 if improved else stale_epochs + 1
@@ -211,12 +241,15 @@ def train(config: Config, force: bool = False, progress: bool = True,
                              "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
                             best)
             banks = memory.save_banks(last) if memory is not None else {}  # before last.pt
-            save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
-                         "memory": banks,
-                         "epoch": epoch, "step": step, "best_cider": best_cider,
-                         "stale_epochs": stale_epochs}, last)
-            if memory is not None:
-                memory.drop_old_banks(last, banks)
+            try:
+                rotation.before_save()
+                save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
+                             "memory": banks, "loss_trend": trend.state(),
+                             "epoch": epoch, "step": step, "best_cider": best_cider,
+                             "stale_epochs": stale_epochs}, last)
+            finally:
+                if memory is not None:
+                    drop_stale_banks(last)
             with log_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             plot_curves(log_path, out_dir / "curves.png")
@@ -230,14 +263,17 @@ def train(config: Config, force: bool = False, progress: bool = True,
 
     if ranks.main:
         if memory is not None:
+            for line in memory.warnings():
+                warnings.add(line)
             keys, values = memory.dump()
             write_banks(memory_banks_path(config), keys, values)
             write_manifest(memory_banks_stage(config), config, {"rows": [len(k) for k in keys]})
-        best_ckpt = torch.load(best, map_location="cpu", weights_only=True)
+        best_ckpt = load_checkpoint(best, "decoder checkpoint", "re-run `python -m train "
+                                    "--force`", keys=("epoch", "val_cider", "val_loss"))
         write_manifest(spec, config, {"best_epoch": best_ckpt["epoch"] + 1,
                                       "val_cider": best_ckpt["val_cider"],
                                       "val_loss": best_ckpt["val_loss"], "stopped": stopped,
-                                      "steps": step}, state=state)
+                                      "steps": step, **warnings.summary()}, state=state)
         lines.append(f"train: {stopped} after {step} steps; best val CIDEr-D "
                      f"{best_ckpt['val_cider']:.3f} (epoch {best_ckpt['epoch'] + 1}) in {best}")
     return lines
@@ -248,3 +284,33 @@ def refresh_prototypes(memory: SelfMemory, decoder: CaptionDecoder, ranks: Ranks
     """Rebuild prototypes on rank 0 (whose banks hold every rank's rows, see `SelfMemory`)
     and give every rank the same ones."""
     memory.refresh_synced()
+
+
+def banks_check(path: Path, ckpt: dict) -> None:
+    """`pick_resume_point` check of a resume point's memory: the banks file it names is
+    there, complete (its tensors are only mapped here) and carries its token."""
+    entry = ckpt.get("memory") or {}
+    name = entry.get("banks_file")
+    if not name:
+        raise UnreadableCheckpoint(path, "it names no memory banks file")
+    try:
+        payload = load_checkpoint(path.with_name(name), "memory banks file", "",
+                                  keys=("token",), mmap=True)
+    except FileNotFoundError:
+        raise UnreadableCheckpoint(path, f"its memory banks file {name} is missing") from None
+    if payload["token"] != entry.get("token"):
+        raise UnreadableCheckpoint(path, f"{name} is another checkpoint's memory banks file")
+
+
+def drop_stale_banks(last: Path) -> None:
+    """Remove the memory banks files beside `last` (and `.tmp`s of them) that neither `last`
+    nor `last.prev.pt` names: each resume point keeps its own banks file."""
+    keep = set()
+    for checkpoint in (last, previous_path(last)):
+        entry = read_entry(checkpoint, "memory")
+        if isinstance(entry, dict) and entry.get("banks_file"):
+            keep.add(entry["banks_file"])
+    for pattern in (f"{last.stem}.banks.*.pt", f"{last.stem}.banks.*.pt.tmp"):
+        for path in last.parent.glob(pattern):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)

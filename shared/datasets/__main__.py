@@ -1,8 +1,10 @@
 """`python -m shared.datasets prepare --config PATH [--set k=v ...] [--force]`.
 
+What it does follows `data.kind` (`data.name` only names the run):
 demo: generate the synthetic dataset, then train the tiny CLIP (each skipped when up to date).
 coco: download COCO 2014 + the Karpathy split where the network allows (exit 2 otherwise).
-flickr30k: check the files, or print the manual steps and exit 2.
+flickr30k: check the files as for karpathy, or print the manual steps and exit 2.
+karpathy: a Karpathy-format json already on disk: check it, its images and annotation files.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from pathlib import Path
 import typer
 
 from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
-from shared.config import Config
+from shared.config import Config, require_paths
 from shared.datasets.coco_download import download_coco, flickr30k_instructions
 from shared.datasets.demo_scenes import DemoPaths, prepare_demo_data
 from shared.datasets.tiny_clip import train_tiny_clip
+from shared.karpathy import SPLITS, load_karpathy, split_records
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Prepare datasets: the embedded demo (+ its tiny CLIP), COCO, Flickr30k.")
+                  help="Prepare datasets (data.kind): the embedded demo (+ its tiny CLIP), "
+                       "COCO, Flickr30k, or check a Karpathy-format one on disk.")
 
 
 @app.callback()
@@ -34,31 +38,41 @@ def _demo_path_warnings(config: Config) -> list[str]:
             for key, (got, want) in expected.items() if Path(got) != want]
 
 
+def check_karpathy(config: Config) -> str:
+    """Check a Karpathy-format dataset on disk (json, every image, annotation files); the
+    one-line summary, or an error naming the key or file."""
+    data = config.data
+    require_paths(config, "data.karpathy_json", "data.image_root", "data.captions_json",
+                  "data.instances_json")
+    records = load_karpathy(data.karpathy_json, data.image_root, check_images=True)
+    counts = ", ".join(f"{split} {len(split_records(records, split))}" for split in SPLITS)
+    return f"{data.name}: {data.karpathy_json}: {len(records)} images ({counts}), all present"
+
+
 @app.command()
 @one_line_errors
 def prepare(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
-    """Make the dataset named by data.name ready on disk."""
+    """Make the dataset of kind data.kind ready on disk."""
     cfg = load(config, set_)
-    name = cfg.data.name
-    if name == "demo":
+    kind = cfg.data.kind
+    if kind == "demo":
         for line in _demo_path_warnings(cfg):
             typer.echo(line, err=True)
         _, line = prepare_demo_data(cfg, force=force)
         typer.echo(line)
         _, line = train_tiny_clip(cfg, force=force)
         typer.echo(line)
-    elif name == "coco":
+    elif kind == "coco":
         for line in download_coco(cfg.data):
             typer.echo(line)
-    elif name == "flickr30k":
+    elif kind == "flickr30k":
         if Path(cfg.data.karpathy_json).is_file() and Path(cfg.data.image_root).is_dir():
-            typer.echo(f"flickr30k: found {cfg.data.karpathy_json} and {cfg.data.image_root}")
+            typer.echo(check_karpathy(cfg))
             return
         typer.echo(flickr30k_instructions(cfg.data), err=True)
         raise StageFailure("flickr30k must be downloaded by hand (steps above)")
-    else:
-        raise StageFailure(f"config key 'data.name' is {name!r}: prepare knows demo, coco, "
-                           "flickr30k")
+    else:  # "karpathy" (load_config allows no other kind)
+        typer.echo(check_karpathy(cfg))
 
 
 if __name__ == "__main__":

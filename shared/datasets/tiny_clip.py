@@ -246,7 +246,7 @@ def train_tiny_clip(config: Config, force: bool = False, progress: bool = True
     remove_manifest(spec.output)
 
     torch.manual_seed(demo.seed)
-    bundle = create_clip(demo.clip_model, pretrained="")
+    bundle = create_clip(demo.clip_model, pretrained="random", random_seed=demo.seed)
     start = time.perf_counter()
     images = load_images(train, bundle, progress)
     tokens, owner = tokenize_captions(train, bundle)
