@@ -23,6 +23,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -302,5 +303,24 @@ def load_fsgr(config: Config, device: torch.device) -> tuple[FsgrEncoder, FsgrMe
     # the checkpoint's scale (a frozen buffer; a parameter in fits with fsgr.learn_logit_scale
     # and in those made before the scale came from CLIP) is loaded with the weights
     encoder = build_encoder(config, meta, proj, None)
+    check_fits(encoder.state_dict(), ckpt["encoder"], path)
     encoder.load_state_dict(ckpt["encoder"])
     return encoder.to(device).eval(), meta
+
+
+def check_fits(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor],
+               path: Path) -> None:
+    """One line when the checkpoint's tensors do not fit the encoder `[fsgr]` describes."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    shapes = [(k, list(saved[k].shape), list(v.shape)) for k, v in expected.items()
+              if k in saved and saved[k].shape != v.shape and v.numel() > 0]  # empty: a
+    # placeholder the checkpoint fills (the concept codebook)
+    if not (missing or extra or shapes):
+        return
+    detail = (f"{shapes[0][0]} is {shapes[0][1]} in the file but {shapes[0][2]} for this "
+              f"config" if shapes else f"{len(missing)} tensors missing, {len(extra)} unexpected "
+              f"(e.g. {(missing or extra)[0]})")
+    raise RuntimeError(f"{path}: the FSGR checkpoint does not fit [fsgr] of this config "
+                       f"({detail}): use the config it was fitted with, or re-run "
+                       f"`python -m extract fit --force`")

@@ -128,6 +128,12 @@ def test_mismatched_cache_is_refused(demo_run) -> None:
         check_compatible(meta, {**attrs, "grid": [16, 16]}, "abc", "clip.zarr")
     with pytest.raises(RuntimeError, match="concept vocabulary"):
         check_compatible(meta, attrs, "other", "clip.zarr")
+    wider = load_config(DEMO_CONFIG, [*sets, "fsgr.d_model=64", "fsgr.d_ff=128"])
+    with pytest.raises(RuntimeError, match=r"fsgr\.pt: the FSGR checkpoint does not fit \[fsgr\] "
+                                           r"of this config \(.* is \[\d+(, \d+)*\] in the file "
+                                           r"but \[64(, \d+)*\] for this config\)") as err:
+        load_fsgr(wider, torch.device("cpu"))
+    assert "\n" not in str(err.value)
 
 
 def fit_log(config) -> list[dict]:
