@@ -51,22 +51,51 @@ all: data extract cluster train eval
 demo: DATASET = demo
 demo: all
 
-# The research question on one dataset: CLIP or FSGR features, with or without PMA memory.
-# The main run (`make all`; FSGR + PMA in the shipped configs) is one row; the three others
-# train (XE + SCST) and are scored under $(RUNS)/experiments/<name>/ on the same feature
-# caches. RUNS must match data.run_root/<data.name> when ARGS moves the runs.
-RUNS ?= runs/$(DATASET)
+# The research question on one dataset: CLIP or FSGR features, with or without PMA memory, over
+# the decoder seeds SEEDS (default 0; e.g. SEEDS="0 1 2"). For each seed S the four decoders
+# train (XE + SCST, --set train.seed=S) and are scored on the same feature caches (no extract or
+# cluster stage depends on train.seed). The first seed's FSGR + PMA row is the main run (`make
+# all`, which the ablation runs with train.seed = the first seed; FSGR + PMA in the shipped
+# configs) and its other three decoders go to $(RUNS)/experiments/{clip,clip_pma,fsgr}; a
+# further seed S gets $(RUNS)/experiments/{clip,clip_pma,fsgr,fsgr_pma}_s<S> (fsgr_pma_s<S>:
+# the main run's config with train.seed=S), so adding seeds reuses the finished runs. One
+# `evaluate compare` then gives each row all its seeds: mean ± sd per metric, paired-bootstrap
+# intervals of the CIDEr / CHAIR differences from CLIP over the test images, provenance:
+# $(RUNS)/ablation.{md,tex,json}. RUNS must match data.run_root/<data.name> when ARGS moves
+# the runs.
+RUNS  ?= runs/$(DATASET)
+SEEDS ?= 0
+first_seed = $(firstword $(SEEDS))
+comma := ,
+space := $(subst ,, )
+# the eval run of decoder $(1) (clip, clip_pma, fsgr, fsgr_pma) for seed $(2)
+seed_run = $(if $(filter $(2),$(first_seed)),$(first_seed_run),$(RUNS)/experiments/$(1)_s$(2))
+first_seed_run = $(if $(filter fsgr_pma,$(1)),$(RUNS),$(RUNS)/experiments/$(1))
+# its runs over SEEDS, comma-separated: one row of `evaluate compare`
+seed_runs = $(subst $(space),$(comma),$(strip $(foreach s,$(SEEDS),$(call seed_run,$(1),$(s)))))
 define ablation_variant
 	$(PY) -m train --config $(CONFIG) $(ARGS) --set train.experiment=$(1) $(2)
 	$(PY) -m evaluate score --config $(CONFIG) $(ARGS) --set train.experiment=$(1) $(2)
 endef
+clip_sets     := --set decoder.visual_input=clip --set memory.self=false
+clip_pma_sets := --set decoder.visual_input=clip --set memory.self=true
+fsgr_sets     := --set decoder.visual_input=fsgr --set memory.self=false
+# the decoders of seed $(1) (fsgr_pma: the main run's config; the recipe ends with a newline,
+# so the seeds' recipes chain)
+define ablation_seed
+$(call ablation_variant,$(notdir $(call seed_run,clip,$(1))),--set train.seed=$(1) $(clip_sets))
+$(call ablation_variant,$(notdir $(call seed_run,clip_pma,$(1))),--set train.seed=$(1) $(clip_pma_sets))
+$(call ablation_variant,$(notdir $(call seed_run,fsgr,$(1))),--set train.seed=$(1) $(fsgr_sets))
+$(if $(filter $(1),$(first_seed)),,$(call ablation_variant,fsgr_pma_s$(1),--set train.seed=$(1)))
 
+endef
+
+ablation: override ARGS += --set train.seed=$(first_seed)
 ablation: all
-	$(call ablation_variant,clip,--set decoder.visual_input=clip --set memory.self=false)
-	$(call ablation_variant,clip_pma,--set decoder.visual_input=clip --set memory.self=true)
-	$(call ablation_variant,fsgr,--set decoder.visual_input=fsgr --set memory.self=false)
-	$(PY) -m evaluate compare -o $(RUNS)/ablation CLIP=$(RUNS)/experiments/clip \
-	  CLIP+PMA=$(RUNS)/experiments/clip_pma FSGR=$(RUNS)/experiments/fsgr FSGR+PMA=$(RUNS)
+	$(foreach s,$(SEEDS),$(call ablation_seed,$(s)))
+	$(PY) -m evaluate compare -o $(RUNS)/ablation CLIP=$(call seed_runs,clip) \
+	  CLIP+PMA=$(call seed_runs,clip_pma) FSGR=$(call seed_runs,fsgr) \
+	  FSGR+PMA=$(call seed_runs,fsgr_pma)
 
 status: setup
 	$(PY) -m shared.status --config $(CONFIG) $(ARGS)

@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 
 from evaluate.caption_images import ImageCaptioner
-from evaluate.compare import compare_tables
+from evaluate.compare import BootstrapSettings, compare_runs
+from evaluate.paired_bootstrap import MIN_RESAMPLES
 from evaluate.report_inputs import build_report
 from evaluate.score import score as score_split
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
@@ -86,22 +87,36 @@ def caption(images: Annotated[list[Path], typer.Argument(
 
 @app.command()
 @one_line_errors
-def compare(runs: Annotated[list[str], typer.Argument(
-                help="metrics.json files, eval folders or run folders; LABEL=PATH names a row.")],
+def compare(variants: Annotated[list[str], typer.Argument(
+                help="Rows, the first one the baseline: [LABEL=]RUN[,RUN...], a RUN being a "
+                     "metrics.json, an eval folder or a run folder; several RUNs (one per "
+                     "training seed, LABEL required) make one row, mean ± sd.")],
             split: Annotated[str, typer.Option("--split")] = "test",
             output: Annotated[Path | None, typer.Option(
-                "--output", "-o", help="Also write OUTPUT.md and OUTPUT.tex.")] = None) -> None:
-    """One table (markdown and LaTeX, scores x 100, best in bold) of several evaluations."""
-    markdown, latex = compare_tables(runs, split)
-    typer.echo(markdown)
+                "--output", "-o",
+                help="Also write OUTPUT.md, OUTPUT.tex and OUTPUT.json (every number).")] = None,
+            resamples: Annotated[int, typer.Option(
+                "--resamples", help="Paired-bootstrap resamples of the test images "
+                                    f"(at least {MIN_RESAMPLES}).")] = 1000,
+            seed: Annotated[int, typer.Option(
+                "--seed", help="Seed of the bootstrap resamples.")] = 0,
+            confidence: Annotated[float, typer.Option(
+                "--confidence", help="Confidence level of the intervals.")] = 0.95) -> None:
+    """One table (markdown and LaTeX, scores x 100, best in bold) of several evaluations:
+    mean ± sd over each row's seeds, paired-bootstrap intervals of the CIDEr / CHAIRs /
+    CHAIRi differences from the first row over the test images (* when an interval excludes
+    0), each row's signature and each run's provenance."""
+    result = compare_runs(variants, split, BootstrapSettings(resamples, seed, confidence))
+    typer.echo(result.markdown)
     typer.echo("")
-    typer.echo(latex)
+    typer.echo(result.latex)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.with_suffix(".md").write_text(markdown + "\n")
-        output.with_suffix(".tex").write_text(latex + "\n")
-        typer.echo(f"evaluate compare: wrote {output.with_suffix('.md')} and "
-                   f"{output.with_suffix('.tex')}")
+        output.with_suffix(".md").write_text(result.markdown + "\n")
+        output.with_suffix(".tex").write_text(result.latex + "\n")
+        write_json_atomic(output.with_suffix(".json"), result.payload)
+        typer.echo(f"evaluate compare: wrote {output.with_suffix('.md')}, "
+                   f"{output.with_suffix('.json')} and {output.with_suffix('.tex')}")
 
 
 if __name__ == "__main__":

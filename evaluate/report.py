@@ -6,6 +6,11 @@ concept per patch). The grid is drawn over the centred crop of aspect grid_w:gri
 for ViTs), the region open_clip's eval transform (resize short side + centre crop) encodes.
 FSGR runs also get a codebook-usage table: share of patches per concept (`CodebookUsage`).
 
+With CHAIR, a "Hallucinations by category" table follows the header: the most hallucinated
+categories with their mentions, hallucination rate, the ground-truth objects present when they
+were hallucinated and what they co-occur with in the training captions (`HallucinationTable`,
+from `evaluate.hallucination`).
+
 The run's warnings (degenerate captions, PMA without prototypes, metrics not computed, stage
 manifests' warnings) open the page in a banner. Nothing is wider than the window: text wraps
 anywhere when a token is longer than its box (captions, file paths, signature lines), tables
@@ -63,6 +68,39 @@ class CodebookUsage:
 
     counts: np.ndarray  # [C] patches per concept id (ids into the report's concept words)
     source: str = ""  # where the counts come from, e.g. "val images, argmax, fit epoch 3"
+
+
+@dataclass
+class CoObject:
+    """An object shown next to a hallucinated category: `count` (hallucinated mentions it was
+    present at, or training images with both) and P(category | object) in training."""
+
+    category: str
+    count: int
+    p_given: float | None
+
+
+@dataclass
+class HallucinationRow:
+    """One category of the hallucination table."""
+
+    category: str
+    mentions: int
+    hallucinated: int
+    rate: float | None
+    present: list[CoObject] = field(default_factory=list)
+    training: list[CoObject] = field(default_factory=list)
+
+
+@dataclass
+class HallucinationTable:
+    """The most hallucinated categories and what the counts are over."""
+
+    rows: list[HallucinationRow]
+    mentions: int = 0
+    hallucinated: int = 0
+    training_images: int = 0
+    vocabulary: str = "original"
 
 
 @dataclass
@@ -324,6 +362,45 @@ def render_usage(usage: CodebookUsage | None, words: list[str] | None, palette: 
             f"</table></details>")
 
 
+def _co_objects(objects: list[CoObject], unit: str) -> str:
+    """'cat 3× (P 0.67)' per object, separated by middle dots."""
+    items = []
+    for obj in objects:
+        p = "–" if obj.p_given is None else f"{obj.p_given:.2f}"
+        title = f"{obj.count} {unit}; P(category | {obj.category}) in training = {p}"
+        items.append(f'<span class="co" title="{_esc(title)}">{_esc(obj.category)} '
+                     f"<b>{obj.count}×</b> <i>P {p}</i></span>")
+    return " · ".join(items) or '<span class="none">none</span>'
+
+
+def render_hallucinations(table: HallucinationTable | None) -> str:
+    """The "Hallucinations by category" section ('' without a table)."""
+    if table is None:
+        return ""
+    rows = "".join(
+        f"<tr><th>{_esc(r.category)}</th><td class=\"num\">{r.mentions}</td>"
+        f'<td class="num">{r.hallucinated}</td>'
+        f'<td class="num">{"n/a" if r.rate is None else f"{100 * r.rate:.1f}%"}</td>'
+        f"<td>{_co_objects(r.present, 'hallucinated mentions with it in the image')}</td>"
+        f"<td>{_co_objects(r.training, 'training images with both')}</td></tr>"
+        for r in table.rows)
+    if not rows:
+        rows = '<tr><td colspan="6" class="none">no hallucinated mention</td></tr>'
+    return (f'<section class="hallucinations" id="hallucinations">'
+            f"<h2>Hallucinations by category</h2>"
+            f'<p class="hall-note">{table.hallucinated} of {table.mentions} mentions '
+            f"hallucinated (CHAIR {_esc(table.vocabulary)} vocabulary); the "
+            f"{len(table.rows)} most hallucinated categories. <i>Present when "
+            f"hallucinated</i>: ground-truth objects of the images where the category was "
+            f"hallucinated (n× = its hallucinated mentions there); <i>co-occurs in "
+            f"training</i>: the categories mentioned with it in most training images (n× = "
+            f"images). P = P(category mentioned | object mentioned) over the "
+            f"{table.training_images} training images' reference captions.</p>"
+            f'<table class="hall-table"><thead><tr><th>category</th><th>mentions</th>'
+            f"<th>hallucinated</th><th>rate</th><th>present when hallucinated</th>"
+            f"<th>co-occurs in training</th></tr></thead><tbody>{rows}</tbody></table></section>")
+
+
 def palette_css(ids: set[int]) -> str:
     """One colour class per concept id used on the page (overlay cells and legend swatches)."""
     return "\n".join(f".c{i}{{--h:{concept_hue(i)}}}" for i in sorted(ids))
@@ -461,6 +538,17 @@ mark.hallucinated{background:#ffc9c2;color:#7a1108;border-bottom:2px solid #d92d
 .usage-table tbody th{text-align:left;font-weight:500;white-space:nowrap}
 .usage-table td.share,.usage-table td.count{text-align:right}
 .bar-cell{width:160px}
+.hallucinations{background:var(--card);border-bottom:1px solid var(--line);padding:8px 28px 14px}
+.hallucinations h2{margin:0 0 2px;font-size:16px}
+.hall-note{margin:0 0 6px;color:var(--muted);font-size:12px}
+.hall-table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums;
+ display:block;max-width:100%;overflow:auto;max-height:420px}
+.hall-table th,.hall-table td{padding:2px 8px;border-bottom:1px solid var(--line);
+ text-align:left;vertical-align:top}
+.hall-table td.num{text-align:right;white-space:nowrap;overflow-wrap:normal}
+.hall-table th{overflow-wrap:normal}
+.hall-table .co{white-space:nowrap}
+.hall-table .co i{color:var(--muted);font-style:normal}
 .bar{display:block;height:9px;border-radius:2px;background:hsl(var(--h),85%,52%)}
 """
 
@@ -493,15 +581,17 @@ def write_report(path: Path, *, title: str, images: list[ReportImage], metrics: 
                  config_lines: list[str] | None = None, curves_png: Path | None = None,
                  concept_words: list[str] | None = None, thumbnail_px: int = 160,
                  codebook_usage: CodebookUsage | None = None,
-                 warnings: list[str] | None = None) -> Path:
+                 warnings: list[str] | None = None,
+                 hallucinations: HallucinationTable | None = None) -> Path:
     """Write the HTML report; returns its path (written atomically: temp file + os.replace).
-    `warnings` open the page in a banner."""
+    `warnings` open the page in a banner; `hallucinations` follow the header."""
     path = Path(path)
     palette = _Palette()
     cards = [render_card(i, image, concept_words, thumbnail_px, palette)
              for i, image in enumerate(images)]
     usage_html = render_usage(codebook_usage, concept_words, palette)
-    header = render_header(title, images, metrics, config_lines, curves_png, usage_html)
+    header = (render_header(title, images, metrics, config_lines, curves_png, usage_html)
+              + render_hallucinations(hallucinations))
     write_atomic(path, render_page(title, header, cards, palette,
                                    render_banner(list(warnings or []))))
     return path

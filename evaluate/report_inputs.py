@@ -7,7 +7,8 @@ usage `extract fit` recorded (`fsgr/codebook_usage.json`), and the training curv
 (`train.experiment`, else the dataset's run name `data.name`) and opens with the run's
 warnings (`report_warnings`): `metrics.json`'s (degenerate captions, PMA without prototypes),
 the metrics not computed, and the `warnings` of the run's stage manifests (extraction,
-clustering, training).
+clustering, training). With CHAIR, the "Hallucinations by category" section comes from
+`eval/<split>/hallucination.json` (`hallucination_table`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from evaluate.report import CodebookUsage, Highlight, ReportImage, write_report
+from evaluate.hallucination import HALLUCINATION_FILE, load_hallucination
+from evaluate.report import (CodebookUsage, CoObject, HallucinationRow, HallucinationTable,
+                             Highlight, ReportImage, write_report)
 from evaluate.signature import signature_line
 from extract.concepts import ConceptCodebook
 from extract.fsgr_fit import USAGE_FILE
@@ -56,9 +59,32 @@ def build_report(config: Config, max_images: int = 0) -> Path:
                         title=f"{report_title(config)} / {metrics['split']}: captions and metrics",
                         images=images, metrics=metrics["metrics"], config_lines=config_lines,
                         curves_png=curves if curves.is_file() else None, concept_words=words,
-                        codebook_usage=usage, warnings=report_warnings(config, metrics))
+                        codebook_usage=usage, warnings=report_warnings(config, metrics),
+                        hallucinations=hallucination_table(folder))
     write_manifest(spec, config, {"images": len(images)})
     return path
+
+
+def hallucination_table(folder: Path) -> HallucinationTable | None:
+    """The report's hallucination table from `folder/hallucination.json` (its `hallucinated`
+    categories: the most hallucinated); None when there is none (CHAIR not computed)."""
+    path = folder / HALLUCINATION_FILE
+    if not path.is_file():
+        return None
+    data = load_hallucination(path)
+
+    def objects(entries: list[dict[str, Any]], count: str) -> list[CoObject]:
+        return [CoObject(e["category"], int(e[count]), e.get("p_given")) for e in entries]
+
+    rows = [HallucinationRow(e["category"], int(e["mentions"]), int(e["hallucinated"]),
+                             e.get("rate"),
+                             objects(e.get("present_when_hallucinated", []), "mentions"),
+                             objects(e.get("training_cooccurring", []), "training_images"))
+            for e in data["hallucinated"]]
+    return HallucinationTable(rows, int(data.get("mentions", 0)),
+                              int(data.get("hallucinated_mentions", 0)),
+                              int(data.get("training", {}).get("images", 0)),
+                              str(data.get("vocabulary", "")))
 
 
 def _clip_weights(config: Config) -> str:

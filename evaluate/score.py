@@ -5,6 +5,7 @@ Two manifest-checked halves, so a failure while scoring never loses the decoded 
     runs/<dataset>/eval/<split>/captions.json    COCO results format [{"image_id", "caption"}]
     runs/<dataset>/eval/<split>/metrics.json     corpus metrics, checkpoint, decoding, notes
     runs/<dataset>/eval/<split>/per_image.json   caption, references, per-image scores, CHAIR
+    runs/<dataset>/eval/<split>/hallucination.json  CHAIR per category, training co-occurrence
 
 Before anything is computed the annotation files are checked (`evaluate.caption_checks`; the
 instances files' content is kept for CHAIR). `metrics.json` also states the memory of the
@@ -29,6 +30,8 @@ from evaluate.checkpoint import load_trained_decoder
 from evaluate.clip_score import clip_scores
 from evaluate.coco_metrics import score_captions
 from evaluate.decode_split import decode_records
+from evaluate.hallucination import (hallucination_analysis, training_cooccurrence,
+                                    write_hallucination)
 from evaluate.metrics_table import markdown_table
 from evaluate.references import reference_captions
 from evaluate.signature import result_signature, signature_line
@@ -128,8 +131,10 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
         for i, result in chair_images.items():
             per_image[i]["chair"] = result.to_json()
         chair_counts = {k: v for k, v in chair.items() if k not in names}
+        hallucination = hallucination_analysis(chair_images, vocab, training_cooccurrence(
+            (r.captions for r in split_records(dataset, "train")), vocab))
     else:
-        chair_counts = {}
+        chair_counts, hallucination = {}, None
         notes.append("CHAIR skipped: data.instances_json is empty")
         for name in metric_names(config.eval.chair_vocabulary):
             not_computed[name] = "data.instances_json is empty (no objects to check against)"
@@ -153,6 +158,7 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
                "checkpoint": (read_manifest(captions_stage(config).output) or {}).get("summary",
                                                                                         {})}
     write_json_atomic(eval_dir(config) / "per_image.json", list(per_image.values()))
+    write_hallucination(eval_dir(config), hallucination)  # None: a stale one is removed
     write_json_atomic(spec.output, metrics)
     write_manifest(spec, config, {"metrics": corpus})
     return [captions_line, *summary_lines(config, metrics)]

@@ -50,13 +50,27 @@ def test_make_ablation_on_a_small_demo(demo_run, tmp_path) -> None:
     metrics = json.loads((runs / "eval" / "test" / "metrics.json").read_text())["metrics"]
     assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "CHAIRi", "CHAIRs"} <= set(metrics)
 
-    table, signatures = (runs / "ablation.md").read_text().split("\n\n")
-    assert [row.split("|")[1].strip() for row in table.splitlines()[2:]] == \
-        ["CLIP", "CLIP+PMA", "FSGR", "FSGR+PMA"]
-    assert [line.split(":")[0] for line in signatures.splitlines()] == \
-        ["- `CLIP", "- `CLIP+PMA", "- `FSGR", "- `FSGR+PMA"]
+    labels = ["CLIP", "CLIP+PMA", "FSGR", "FSGR+PMA"]
+    table, heading, differences, notes, provenance, *_sections = \
+        (runs / "ablation.md").read_text().strip().split("\n\n")
+    assert [row.split("|")[1].strip() for row in table.splitlines()[2:]] == labels
+    assert "±" not in table  # one seed: the values as they are
+    images = json.loads((runs / "eval" / "test" / "metrics.json").read_text())["images"]
+    assert heading.startswith(f"Difference from CLIP, paired bootstrap over the {images} test "
+                              "images (seeds pooled per image): 1000 resamples, seed 0, 95%")
+    assert [row.split("|")[1].strip() for row in differences.splitlines()[2:]] == labels[1:]
+    signatures = [line for line in notes.splitlines() if line.startswith("- `")]
+    assert [line.split(":")[0] for line in signatures] == [f"- `{label}" for label in labels]
     assert all("train:xe+scst|cand:beam5|base:mean|eos:loss|norm:max_length" in line
-               for line in signatures.splitlines())
+               for line in signatures)
+    sources = provenance.splitlines()[1:]
+    assert [line.split(":")[0] for line in sources] == [f"- `{label}" for label in labels]
+    assert all(" | evaluate.score config " in line and " | train.scst config " in line
+               and line.endswith(" seed 0`") for line in sources), sources
+    summary = json.loads((runs / "ablation.json").read_text())
+    assert [row["label"] for row in summary["variants"]] == labels
+    assert set(summary["variants"][3]["difference_from_baseline"]) == \
+        {"CIDEr", "CHAIRs", "CHAIRi"}
     assert (runs / "ablation.tex").is_file() and lines[-1].endswith("ablation.tex")
     for name, visual_input, memory in (("clip", "clip", False), ("clip_pma", "clip", True),
                                        ("fsgr", "fsgr", False)):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from evaluate.report import (CodebookUsage, Highlight, ReportImage, crop_box, format_metric,
-                             write_report)
+from evaluate.report import (CodebookUsage, CoObject, HallucinationRow, HallucinationTable,
+                             Highlight, ReportImage, crop_box, format_metric, write_report)
 
 CONCEPT_WORDS = ["sky", "grass", "dog", "tree", "road", "water"]
 METRICS = {"Bleu_4": 0.3871, "CIDEr": 1.1534, "SPICE": 0.2245, "CHAIRi": 0.0731,
@@ -486,6 +486,58 @@ def test_headless_browser_sees_no_horizontal_overflow(tmp_path: Path) -> None:
     path = write_report(tmp_path / "r.html", title=f"run {LONG_TOKEN}", images=[image],
                         metrics={"CIDEr": 1.0}, config_lines=[f"signature {LONG_TOKEN}"],
                         warnings=[f"warning: {LONG_TOKEN}"])
+    path.write_text(path.read_text(encoding="utf-8").replace("</body>",
+                                                             OVERFLOW_PROBE + "</body>"),
+                    encoding="utf-8")
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--window-size=600,900", "--dump-dom", path.as_uri()],
+                         check=True, timeout=60, capture_output=True, text=True).stdout
+    title = dom[dom.index("<title>") + len("<title>"):dom.index("</title>")]
+    _, width, _, window = title.split()
+    assert int(width) <= int(window), title
+
+
+def hallucination_table(category: str = "dog") -> HallucinationTable:
+    """Two hallucinated categories, one with co-occurring objects, one never in training."""
+    return HallucinationTable(
+        [HallucinationRow(category, 12, 6, 0.5,
+                          [CoObject("cat", 4, 0.41), CoObject("<sofa>", 2, None)],
+                          [CoObject("cat", 30, 0.41)]),
+         HallucinationRow("bench", 3, 1, 1 / 3)], mentions=40, hallucinated=7,
+        training_images=250, vocabulary="original")
+
+
+def test_hallucinations_by_category_section(tmp_path: Path) -> None:
+    images = build_images(tmp_path / "images")[:1]
+    html = write_report(tmp_path / "r.html", title="t", images=images, metrics={},
+                        hallucinations=hallucination_table()).read_text(encoding="utf-8")
+    start = html.index('<section class="hallucinations" id="hallucinations">')
+    assert start > html.index("</header>")  # the section follows the header
+    section = html[start:html.index('<nav class=')]
+    assert "<h2>Hallucinations by category</h2>" in section
+    assert "7 of 40 mentions hallucinated (CHAIR original vocabulary); the 2 most" in section
+    assert "over the 250 training images" in section
+    heads = section[section.index("<thead>"):section.index("</thead>")]
+    assert [h.split("</th>")[0] for h in heads.split("<th>")[1:]] == [
+        "category", "mentions", "hallucinated", "rate", "present when hallucinated",
+        "co-occurs in training"]
+    assert ('<tr><th>dog</th><td class="num">12</td><td class="num">6</td>'
+            '<td class="num">50.0%</td>') in section
+    assert "cat <b>4×</b> <i>P 0.41</i>" in section and "cat <b>30×</b>" in section
+    assert "&lt;sofa&gt; <b>2×</b> <i>P –</i>" in section  # escaped; never in training
+    assert '<td class="num">33.3%</td><td><span class="none">none</span></td>' in section
+    rules = css_rules(html)
+    assert "overflow:auto" in rules[".hall-table"] and "max-width:100%" in rules[".hall-table"]
+    plain = write_report(tmp_path / "p.html", title="t", images=images, metrics={})
+    assert 'class="hallucinations"' not in plain.read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium / chromium-browser on PATH")
+def test_hallucination_table_does_not_widen_the_page(tmp_path: Path) -> None:
+    image = build_images(tmp_path / "images")[0]
+    path = write_report(tmp_path / "r.html", title="t", images=[image], metrics={"CIDEr": 1.0},
+                        hallucinations=hallucination_table(f"dog {LONG_TOKEN}"))
     path.write_text(path.read_text(encoding="utf-8").replace("</body>",
                                                              OVERFLOW_PROBE + "</body>"),
                     encoding="utf-8")

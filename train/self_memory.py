@@ -75,6 +75,13 @@ def layer_counts(bank_sizes: list[int], config: Config) -> list[PrototypeCount]:
             for layer, n in enumerate(bank_sizes)]
 
 
+def kmeans_seed(config: Config) -> int:
+    """The refresh K-Means seed: `cluster.seed` offset by `train.seed`, so decoders trained with
+    different seeds also differ in their memory's initialisation and sampling (seed 0: the
+    plain `cluster.seed`)."""
+    return (config.cluster.seed + config.train.seed) % 2**31
+
+
 def layer_prototypes(snapshots: list[tuple[torch.Tensor, torch.Tensor]], config: Config,
                      gpu_device: int | None = None
                      ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list]:
@@ -88,7 +95,8 @@ def layer_prototypes(snapshots: list[tuple[torch.Tensor, torch.Tensor]], config:
         sample = mem.kmeans_max_points if mem.kmeans_max_points >= m else None
         mk, mv, layer_stats = memory_prototypes(
             keys.float().numpy(), values.float().numpy(), m, count.knn, clu.n_iter,
-            clu.seed, use_gpu_for(clu.device), max_points=sample, gpu_device=gpu_device)
+            kmeans_seed(config), use_gpu_for(clu.device), max_points=sample,
+            gpu_device=gpu_device)
         per_layer.append((mk, mv))
         stats.append(layer_stats)
     return per_layer, stats
