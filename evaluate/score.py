@@ -112,6 +112,7 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     if checked is None:
         checked = check_annotation_files(config)
     records = {r.image_id: r for r in split_of(config, dataset) if r.image_id in captions}
+    train_records = split_records(dataset, "train")  # restval included
     references = reference_captions(list(records.values()), config.data.captions_json)
     scores = score_captions(captions, references, spice=config.eval.spice)
     corpus, notes = dict(scores.corpus), list(scores.notes)
@@ -132,7 +133,7 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
             per_image[i]["chair"] = result.to_json()
         chair_counts = {k: v for k, v in chair.items() if k not in names}
         hallucination = hallucination_analysis(chair_images, vocab, training_cooccurrence(
-            (r.captions for r in split_records(dataset, "train")), vocab))
+            (r.captions for r in train_records), vocab))
     else:
         chair_counts, hallucination = {}, None
         notes.append("CHAIR skipped: data.instances_json is empty")
@@ -143,8 +144,7 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
         ids = sorted(captions)
         corpus.update(_clip_scores(config, ids, captions, references, per_image))
 
-    train_images = len(split_records(dataset, "train"))  # restval included
-    signature = result_signature(config, len(captions), train_images,
+    signature = result_signature(config, len(captions), len(train_records),
                                  chair_computed=bool(config.data.instances_json))
     stats = caption_stats(captions)
     memory = checkpoint_memory(decoder_state(config), config)

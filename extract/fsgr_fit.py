@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from extract.concepts import ConceptCodebook
 from shared.cache_batches import CacheBatches, caption_samples
-from shared.checkpoint_files import Rotation, load_checkpoint, pick_resume_point
+from shared.checkpoint_files import load_checkpoint
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import FeatureStore
@@ -41,8 +41,9 @@ from shared.manifest import (current_state, decide, remove_manifest, require_cur
                              write_json_atomic, write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder, usage_summary
-from shared.training_schedule import (RunWarnings, drop_log_records, lr_factor, restore_state,
-                                      resume_state, save_atomic, warmup_warning)
+from shared.training_schedule import (RunWarnings, drop_log_records, lr_factor,
+                                      open_resume_point, resume_state, save_atomic,
+                                      warmup_warning)
 from shared.validation import validation_scores
 from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
 from shared.vocabulary import Vocabulary
@@ -164,12 +165,8 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     lines = [f"extract fit: patch-concept logit scale {scale:.2f} (CLIP's, "
              + ("learnable)" if config.fsgr.learn_logit_scale else "frozen)")]
     warnings = RunWarnings()
-    source, notes = (None, []) if force else pick_resume_point(last, state["identity"])
-    for note in notes:
-        warnings.add(note)
-    rotation = Rotation(last, source)
-    ckpt = None if source is None else \
-        restore_state(source, state["identity"], model, optimizer, device)
+    rotation, _, ckpt = open_resume_point(last, state["identity"], force, model, optimizer,
+                                          device, warnings)
     if ckpt is not None:
         start_epoch, step, best_cider = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_cider"]
         lines.append(f"extract fit: resuming after epoch {ckpt['epoch'] + 1}")

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from shared.checkpoint_files import RESUME_KEYS, load_checkpoint, save_atomic
+from shared.checkpoint_files import (RESUME_KEYS, Check, Rotation, load_checkpoint,
+                                     pick_resume_point, save_atomic)
 
-__all__ = ["LossTrend", "RunWarnings", "drop_log_records", "lr_factor", "restore_rng",
-           "restore_state", "resume_state", "save_atomic", "warmup_warning"]
+__all__ = ["LossTrend", "RunWarnings", "drop_log_records", "lr_factor", "open_resume_point",
+           "restore_rng", "restore_state", "resume_state", "save_atomic", "warmup_warning"]
 
 
 def lr_factor(step: int, epoch: int, warmup_steps: int, decay_every: int,
@@ -62,6 +63,22 @@ def restore_state(path: Path, identity: str, model: torch.nn.Module,
     optimizer.load_state_dict(ckpt["optimizer"])  # casts the state to each param's device
     restore_rng(ckpt, device)
     return ckpt
+
+
+def open_resume_point(last: Path, identity: str, force: bool, model: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer, device: torch.device,
+                      warnings: RunWarnings, check: Check | None = None
+                      ) -> tuple[Rotation, Path | None, dict[str, Any] | None]:
+    """Where a training loop starts: the `Rotation` of its `last.pt`, the file it resumes from
+    (`last.pt` or `last.prev.pt`, None with `force` or when neither is usable; the notes of
+    `pick_resume_point` go to `warnings`) and that checkpoint, already restored into `model`,
+    `optimizer` and the random state (None: start over)."""
+    source, notes = (None, []) if force else pick_resume_point(last, identity, check)
+    for note in notes:
+        warnings.add(note)
+    ckpt = None if source is None else \
+        restore_state(source, identity, model, optimizer, device)
+    return Rotation(last, source), source, ckpt
 
 
 def restore_rng(ckpt: dict[str, Any], device: torch.device) -> None:

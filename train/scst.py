@@ -65,7 +65,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from shared.checkpoint_files import Rotation, load_checkpoint, pick_resume_point
+from shared.checkpoint_files import load_checkpoint
 from shared.cider_reward import CiderDReward, references_fingerprint
 from shared.config import Config
 from shared.devices import autocast, resolve_device
@@ -75,7 +75,7 @@ from shared.manifest import current_state, decide, remove_manifest, require_curr
 from shared.models.beam_search import beam_search
 from shared.models.caption_decoder import CaptionDecoder
 from shared.stages import scst_stage, train_dir, train_stage, visual_stage, vocab_stage
-from shared.training_schedule import (RunWarnings, drop_log_records, restore_state,
+from shared.training_schedule import (RunWarnings, drop_log_records, open_resume_point,
                                       resume_state, save_atomic)
 from shared.vocabulary import Vocabulary, normalize_words
 from train.cache_data import TrainingCache, make_validator
@@ -464,13 +464,9 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     start_epoch, step, best_cider, stale_epochs, start_cider = 0, 0, -math.inf, 0, math.nan
     lines: list[str] = []
     warnings = RunWarnings(show=ranks.main)
-    source, notes = (None, []) if force else pick_resume_point(
-        last, state["identity"], banks_check if memory is not None else None)
-    for note in notes:
-        warnings.add(note)
-    rotation = Rotation(last, source)
-    ckpt = None if source is None else \
-        restore_state(source, state["identity"], decoder, optimizer, device)
+    rotation, source, ckpt = open_resume_point(
+        last, state["identity"], force, decoder, optimizer, device, warnings,
+        banks_check if memory is not None else None)
     if ckpt is not None:
         if memory is not None:
             memory.load_banks(source, ckpt["memory"], banks=ranks.main)

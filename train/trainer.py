@@ -29,8 +29,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from shared.checkpoint_files import (Rotation, UnreadableCheckpoint, load_checkpoint,
-                                     pick_resume_point, previous_path, read_entry)
+from shared.checkpoint_files import (UnreadableCheckpoint, load_checkpoint, previous_path,
+                                     read_entry)
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.manifest import (current_state, decide, remove_manifest, require_current,
@@ -41,7 +41,8 @@ from shared.stages import (cluster_activations_stage, cluster_features_stage,
                            memory_banks_path, memory_banks_stage,
                            train_dir, train_stage, visual_stage, vocab_stage)
 from shared.training_schedule import (LossTrend, RunWarnings, drop_log_records, lr_factor,
-                                      restore_state, resume_state, save_atomic, warmup_warning)
+                                      open_resume_point, resume_state, save_atomic,
+                                      warmup_warning)
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
@@ -146,13 +147,9 @@ def train(config: Config, force: bool = False, progress: bool = True,
     start_epoch, step, best_cider, stale_epochs = 0, 0, -math.inf, 0
     lines: list[str] = []
     warnings = RunWarnings(show=ranks.main)
-    source, notes = (None, []) if force else pick_resume_point(
-        last, state["identity"], banks_check if memory is not None else None)
-    for note in notes:
-        warnings.add(note)
-    rotation = Rotation(last, source)
-    ckpt = None if source is None else \
-        restore_state(source, state["identity"], decoder, optimizer, device)
+    rotation, source, ckpt = open_resume_point(
+        last, state["identity"], force, decoder, optimizer, device, warnings,
+        banks_check if memory is not None else None)
     if ckpt is not None:
         if memory is not None:
             memory.load_banks(source, ckpt["memory"], banks=ranks.main)
