@@ -69,7 +69,7 @@ def main() -> None:
             config = load_config(REPO / "configs" / "coco.toml", [
                 f'data.karpathy_json="{data / "dataset.json"}"',
                 f'data.image_root="{data / "images"}"', f'data.run_root="{Path(tmp) / f"r{i}"}"',
-                f'clip.model="{args.model}"', 'clip.pretrained=""', 'clip.device="cpu"',
+                f'clip.model="{args.model}"', 'clip.pretrained="random"', 'clip.device="cpu"',
                 f"clip.batch_size={args.batch}", f"clip.num_workers={args.workers}",
                 f"store.rows_per_chunk={args.batch}", f'store.format="{args.format}"'])
             result = extract_clip(config, progress=False)

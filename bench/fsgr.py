@@ -51,7 +51,7 @@ def main() -> None:
         json_path = Path(tmp) / "dataset.json"
         json_path.write_text(json.dumps({"images": []}))
         sets = [f'data.run_root="{tmp}"', f'data.karpathy_json="{json_path}"',
-                'clip.model="bench-clip"', 'clip.pretrained=""', 'clip.device="cpu"',
+                'clip.model="bench-clip"', 'clip.pretrained="random"', 'clip.device="cpu"',
                 f'store.format="{args.format}"']
         config = load_config(REPO / "configs" / "coco.toml", sets)
         # a synthetic CLIP cache + concept codebook + FSGR checkpoint, with manifests

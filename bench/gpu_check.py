@@ -80,7 +80,7 @@ def check_extract(n_images: int, batch: int, workers: int, model: str) -> dict:
         data = write_image_set(Path(tmp) / "data", n_images, size=320)
         config = load_config(REPO / "configs" / "coco.toml", [
             f'data.karpathy_json="{data / "dataset.json"}"', f'data.image_root="{data / "images"}"',
-            f'data.run_root="{Path(tmp) / "runs"}"', f'clip.model="{model}"', 'clip.pretrained=""',
+            f'data.run_root="{Path(tmp) / "runs"}"', f'clip.model="{model}"', 'clip.pretrained="random"',
             'clip.device="cuda"', f"clip.batch_size={batch}", f"clip.num_workers={workers}",
             f"store.rows_per_chunk={batch}"])
         torch.cuda.reset_peak_memory_stats()
