@@ -26,8 +26,8 @@ from typing import Any
 
 from evaluate.chair_vocabulary import Mention, ObjectWords, vocabulary_for
 
-__all__ = ["ImageChair", "Mention", "chair_scores", "ground_truth_objects", "image_chair",
-           "metric_names", "read_categories", "read_instances", "vocabulary_of"]
+__all__ = ["ImageChair", "Mention", "chair_scores", "corpus_chair", "ground_truth_objects",
+           "image_chair", "metric_names", "read_categories", "read_instances", "vocabulary_of"]
 
 
 def metric_names(vocabulary: str) -> tuple[str, str]:
@@ -143,18 +143,25 @@ def chair_scores(captions: Mapping[int, str], ground_truth: Mapping[int, set[str
         raise ValueError(f"no ground-truth objects for image id {missing[0]}"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     images = {i: image_chair(i, captions[i], ground_truth[i], vocab) for i in captions}
-    mentions = sum(len(r.mentioned) for r in images.values())
-    hallucinations = sum(len(r.hallucinated) for r in images.values())
-    truth_total = sum(len(r.ground_truth) for r in images.values())
-    name_s, name_i = metric_names(vocab.name)
-    scores = {
-        name_s: (sum(bool(r.hallucinated) for r in images.values()) / len(images)
-                 if images else 0.0),
+    return corpus_chair(images.values(), vocab.name), images
+
+
+def corpus_chair(images: Iterable[ImageChair], vocabulary: str) -> dict[str, float]:
+    """CHAIRs, CHAIRi (named by `metric_names(vocabulary)`), object_recall (0.0 when a
+    denominator is 0) and counts of a set of per-image results: `chair_scores`' corpus values
+    on all of them, a subset's on some."""
+    results = list(images)
+    mentions = sum(len(r.mentioned) for r in results)
+    hallucinations = sum(len(r.hallucinated) for r in results)
+    truth_total = sum(len(r.ground_truth) for r in results)
+    name_s, name_i = metric_names(vocabulary)
+    return {
+        name_s: (sum(bool(r.hallucinated) for r in results) / len(results)
+                 if results else 0.0),
         name_i: hallucinations / mentions if mentions else 0.0,
-        "object_recall": (sum(len(r.covered) for r in images.values()) / truth_total
+        "object_recall": (sum(len(r.covered) for r in results) / truth_total
                           if truth_total else 0.0),
         "mentions": mentions,
         "hallucinations": hallucinations,
-        "images": len(images),
+        "images": len(results),
     }
-    return scores, images

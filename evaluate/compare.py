@@ -21,6 +21,12 @@ metrics.json` is used). The first variant is the baseline.
   identity and code version, and the training seed), then any `NOTE_SECTIONS`.
 * `Comparison.payload` (written as OUTPUT.json) holds every number: per run, per variant
   mean / std, the differences with their intervals and the bootstrap settings.
+* Subsets (`eval.subsets`, `evaluate.subsets`): for every subset all runs scored, a table of
+  each run's metrics.json["subsets"][name] (mean ± sd over seeds) and paired-bootstrap
+  intervals of the CHAIRs / CHAIRi differences over the subset's images (membership from
+  per_image.json, which must agree between the runs; CHAIR per image is exact on a subset).
+  CIDEr is not bootstrapped there: per-image CIDEr-D keeps the full split's document
+  frequencies. In the payload under "subsets"; nothing changes without subsets.
 
 Only complete evaluations are compared: a `metrics.json` without its manifest
 (`metrics.json.manifest.json`, written last by `evaluate score`) is refused. A run configured
@@ -37,12 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evaluate.caption_checks import memoryless
 from evaluate.hallucination import rate_change_section
 from evaluate.metrics_table import (FLAG, SHORT_NAMES, SIGNIFICANT, Interval, difference_latex,
                                     difference_markdown, latex_table, markdown_table)
 from evaluate.paired_bootstrap import (METRICS, Difference, PerImage, check_settings,
-                                       corpus_value, paired_difference, pool, read_per_image)
+                                       corpus_value, paired_difference, pool, read_per_image,
+                                       restrict)
 from evaluate.run_provenance import Provenance, provenance_of
 from evaluate.signature import signature_line
 from shared.manifest import manifest_path, read_manifest
@@ -214,17 +223,26 @@ def load_variants(arguments: list[str], split: str) -> list[Variant]:
 # ----------------------------------------------------------------------------- seeds
 
 
-def seed_summary(variant: Variant) -> tuple[dict[str, float], dict[str, float],
-                                              dict[str, str]]:
-    """(mean, sample standard deviation (only with > 1 run), not computed: metric -> why) of
-    every metric over the variant's runs; a metric missing from any run is not computed."""
-    metric_sets = [run.metrics for run in variant.runs]
+Summary = tuple[dict[str, float], dict[str, float], dict[str, str]]
+"""(mean, sample standard deviation (only with > 1 run), not computed: metric -> why)."""
+
+
+def seed_summary(variant: Variant) -> Summary:
+    """The `Summary` of every metric over the variant's runs; a metric missing from any run
+    is not computed."""
+    return summarize([run.metrics for run in variant.runs],
+                     [run.payload.get("not_computed") or {} for run in variant.runs])
+
+
+def summarize(metric_sets: list[dict[str, float]], not_computed_sets: list[dict[str, str]]
+              ) -> Summary:
+    """The `Summary` of one row's runs, given each run's metrics and not-computed reasons."""
     names = set().union(*metric_sets)
     mean: dict[str, float] = {}
     std: dict[str, float] = {}
     not_computed: dict[str, str] = {}
-    for run in variant.runs:
-        not_computed.update(run.payload.get("not_computed") or {})
+    for reasons in not_computed_sets:
+        not_computed.update(reasons)
     for name in sorted(names):
         values = [m[name] for m in metric_sets if name in m]
         if len(values) < len(metric_sets):
@@ -259,11 +277,16 @@ def checked_per_image(run: Run, names: dict[str, str]) -> PerImage | None:
         if recorded is None or not values.has(metric):
             continue
         recomputed = corpus_value(metric, values)
-        if abs(recomputed - recorded) > 1e-9 * max(1.0, abs(recorded)):
+        if not _reproduces(recomputed, recorded):
             raise ValueError(f"{path} does not reproduce {run.path.name}'s {name} "
                              f"({recomputed!r} != {recorded!r}): re-run `python -m evaluate "
                              "score --force` for it")
     return values
+
+
+def _reproduces(recomputed: float, recorded: float) -> bool:
+    """Whether a value recomputed from per_image.json is metrics.json's (up to rounding)."""
+    return abs(recomputed - recorded) <= 1e-9 * max(1.0, abs(recorded))
 
 
 def pooled_values(variants: list[Variant], names: dict[str, str]
@@ -352,9 +375,12 @@ def provenance_notes(variants: list[Variant]) -> list[str]:
             for variant in variants for i, run in enumerate(variant.runs)]
 
 
-def interval_heading(intervals: Intervals, baseline: str, settings: BootstrapSettings) -> str:
-    """The line above the difference table."""
-    return (f"Difference from {baseline}, paired bootstrap over the {intervals.images} test "
+def interval_heading(intervals: Intervals, baseline: str, settings: BootstrapSettings,
+                     subset: str = "") -> str:
+    """The line above the difference table (of the images of `subset`, when given)."""
+    scope = f" on subset {subset}" if subset else ""
+    images = f"its {intervals.images}" if subset else f"the {intervals.images}"
+    return (f"Difference from {baseline}{scope}, paired bootstrap over {images} test "
             f"images (seeds pooled per image): {settings.resamples} resamples, seed "
             f"{settings.seed}, {100 * settings.confidence:g}% BCa interval; {SIGNIFICANT} = "
             "the interval excludes 0")
@@ -376,11 +402,212 @@ def interval_definitions(intervals: Intervals) -> list[str]:
             lines.append(f"Δ{text}: hallucinated / all object mentions of the resampled "
                          "captions (repeats counted), a ratio of sums recomputed on every "
                          "resample and over the seeds' summed counts")
-    lines += [f"{label} Δ{short[name]}: percentile interval (BCa is undefined when the "
-              "difference is the same on every resample)"
-              for label, differences in intervals.differences.items()
-              for name, difference in differences.items() if difference.method != "BCa"]
-    return lines
+    return lines + percentile_notes(intervals)
+
+
+def percentile_notes(intervals: Intervals) -> list[str]:
+    """One line per difference whose interval is the percentile one (BCa undefined)."""
+    return [f"{label} Δ{SHORT_NAMES.get(name, name)}: percentile interval (BCa is undefined "
+            "when the difference is the same on every resample)"
+            for label, differences in intervals.differences.items()
+            for name, difference in differences.items() if difference.method != "BCa"]
+
+
+# ----------------------------------------------------------------------------- subsets
+
+
+SUBSET_METRICS = ("CHAIRs", "CHAIRi")
+"""Bootstrapped on a subset: exact there from the per-image CHAIR counts."""
+
+SUBSET_CIDER_NOTE = ("ΔC is not bootstrapped on a subset: the per-image CIDEr-D of "
+                     "per_image.json uses the full split's document frequencies, while the "
+                     "subset's C above uses the subset's own")
+
+
+@dataclass(frozen=True)
+class SubsetComparison:
+    """One subset's table, differences and notes as markdown, LaTeX and JSON."""
+
+    markdown: str
+    latex: str
+    payload: dict[str, Any]
+
+
+def subset_names(variants: list[Variant]) -> tuple[list[str], list[str]]:
+    """The subsets every run of every variant scored (metrics.json's "subsets", in the
+    baseline's order), and a line for each subset some runs lack."""
+    per_run = [list(run.payload.get("subsets") or {}) for v in variants for run in v.runs]
+    common = [name for name in per_run[0] if all(name in names for names in per_run)]
+    partial = dict.fromkeys(name for names in per_run for name in names if name not in common)
+    return common, [f"subset {name}: not scored in every compared run, so not compared"
+                    for name in partial]
+
+
+def subset_summary(variant: Variant, name: str) -> Summary:
+    """The `Summary` of subset `name`'s metrics over the variant's runs."""
+    entries = [run.payload["subsets"][name] for run in variant.runs]
+    return summarize([dict(e["metrics"]) for e in entries],
+                     [e.get("not_computed") or {} for e in entries])
+
+
+def checked_subset(run: Run, name: str, values: PerImage, ids: np.ndarray,
+                   names: dict[str, str]) -> PerImage:
+    """The run's per-image values of subset `name`'s images `ids`, refused when they do not
+    reproduce its metrics.json's image count and CHAIR on the subset."""
+    path = run.path.parent / PER_IMAGE
+    entry = run.payload["subsets"][name]
+    subset = restrict(values, ids)
+    recorded_images = entry.get("images")
+    if recorded_images != len(ids):
+        raise ValueError(f"{path} puts {len(ids)} images in subset {name}, {run.path.name} "
+                         f"says {recorded_images}: re-run `python -m evaluate score --force` "
+                         "for it")
+    for metric in SUBSET_METRICS:
+        recorded = entry["metrics"].get(names[metric])
+        if recorded is None or not subset.has(metric):
+            continue
+        recomputed = corpus_value(metric, subset)
+        if not _reproduces(recomputed, recorded):
+            raise ValueError(f"{path} does not reproduce {run.path.name}'s {names[metric]} on "
+                             f"subset {name} ({recomputed!r} != {recorded!r}): re-run "
+                             "`python -m evaluate score --force` for it")
+    return subset
+
+
+def subset_values(variant: Variant, name: str, per_run: dict[Path, PerImage | None],
+                  names: dict[str, str]) -> tuple[PerImage | None, str]:
+    """The variant's per-image values on subset `name` (seeds pooled), or None and why."""
+    runs: dict[str, PerImage] = {}
+    for i, run in enumerate(variant.runs):
+        values = per_run[run.path]
+        path = run.path.parent / PER_IMAGE
+        if values is None:
+            return None, f"{path} does not exist"
+        ids = values.subset_ids(name)
+        if ids is None:
+            return None, f"{path} records no membership of subset {name}"
+        runs[variant.run_name(i)] = checked_subset(run, name, values, ids, names)
+    first = next(iter(runs.values()))
+    if not all(_same_ids(values, first) for values in runs.values()):
+        return None, f"its runs put different images in subset {name}"
+    return pool(runs, variant.label), ""
+
+
+def subset_intervals(variants: list[Variant], name: str, settings: BootstrapSettings,
+                     per_run: dict[Path, PerImage | None], names: dict[str, str]) -> Intervals:
+    """Paired-bootstrap differences of CHAIRs / CHAIRi from the baseline over the images of
+    subset `name` (by per_image.json's membership), with a line for what was not computed."""
+    result = Intervals()
+    values: dict[str, PerImage] = {}
+    for variant in variants:
+        found, why = subset_values(variant, name, per_run, names)
+        if found is None:
+            result.notes.append(f"no interval for {variant.label} on subset {name}: {why}")
+        else:
+            values[variant.label] = found
+    baseline = variants[0].label
+    if baseline not in values:
+        return result
+    base = values[baseline]
+    result.images = len(base.image_ids)
+    if result.images < 2:
+        result.notes.append(f"no intervals on subset {name}: a bootstrap over images needs at "
+                            "least 2 images")
+        return result
+    metrics = [m for m in SUBSET_METRICS if base.has(m)]
+    result.metrics = [names[m] for m in metrics]
+    for variant in variants[1:]:
+        other = values.get(variant.label)
+        if other is None:
+            continue
+        if not _same_ids(other, base):
+            common = len(np.intersect1d(other.image_ids, base.image_ids))
+            result.notes.append(f"no interval for {variant.label} on subset {name}: its {name} "
+                                f"images are not {baseline}'s ({len(other.image_ids)} vs "
+                                f"{result.images}, {common} in common)")
+            continue
+        result.differences[variant.label] = {
+            names[m]: paired_difference(m, base, other, settings.resamples, settings.seed,
+                                        settings.confidence)
+            for m in metrics if other.has(m)}
+    return result
+
+
+def subset_comparisons(variants: list[Variant], settings: BootstrapSettings
+                       ) -> tuple[dict[str, SubsetComparison], list[str]]:
+    """name -> comparison of every subset all runs scored, and a line for each subset only
+    some runs scored."""
+    subsets, partial = subset_names(variants)
+    if not subsets:
+        return {}, partial
+    names = chair_names(variants)
+    per_run = {run.path: checked_per_image(run, names)
+               for v in variants for run in v.runs} if len(variants) > 1 else {}
+    return ({name: compare_subset(variants, name, settings, per_run, names)
+             for name in subsets}, partial)
+
+
+def compare_subset(variants: list[Variant], name: str, settings: BootstrapSettings,
+                   per_run: dict[Path, PerImage | None], names: dict[str, str]
+                   ) -> SubsetComparison:
+    """Subset `name`'s table (each run's metrics.json, mean ± sd over seeds), its CHAIR
+    differences from the baseline over its images, and their notes."""
+    summaries = [subset_summary(v, name) for v in variants]
+    intervals = subset_intervals(variants, name, settings, per_run, names) \
+        if len(variants) > 1 else Intervals()
+    title = subset_title(variants, name)
+    heading = interval_heading(intervals, variants[0].label, settings, subset=name) \
+        if intervals.differences else None
+    notes = subset_notes(intervals) if len(variants) > 1 else []
+    markdown, latex = _tables(variants, summaries, intervals, heading)
+    markdown.insert(0, f"**{title}**")
+    latex[0] = f"% {title}\n" + latex[0]
+    if notes:
+        markdown.append("\n".join(f"- {n}" for n in notes))
+        latex.append("\n".join(f"% {n}" for n in notes))
+    return SubsetComparison("\n\n".join(markdown), "\n\n".join(latex),
+                            _subset_payload(variants, name, summaries, intervals, settings,
+                                            notes))
+
+
+def subset_title(variants: list[Variant], name: str) -> str:
+    """The line above a subset's table: its name, images and how its metrics were made."""
+    counts = sorted({run.payload["subsets"][name]["images"] for v in variants for run in v.runs})
+    images = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return (f"Subset {name} ({images} images): each run's metrics on the subset alone "
+            "(pycocoevalcap on its captions, so C uses the subset's document frequencies; "
+            "CHAIR over its captions)")
+
+
+def subset_notes(intervals: Intervals) -> list[str]:
+    """The lines under a subset's differences: what was bootstrapped, percentile intervals,
+    why CIDEr was not, and what could not be computed."""
+    bootstrapped = ", ".join(f"Δ{SHORT_NAMES.get(m, m)}" for m in intervals.metrics)
+    defined = [f"{bootstrapped}: counted as for the whole split, on resamples of the subset's "
+               "captions (exact per image)"] if intervals.differences else []
+    return [*defined, *percentile_notes(intervals), SUBSET_CIDER_NOTE, *intervals.notes]
+
+
+def _subset_payload(variants: list[Variant], name: str, summaries: list[Summary],
+                    intervals: Intervals, settings: BootstrapSettings, notes: list[str]
+                    ) -> dict[str, Any]:
+    """Every number of one subset's comparison (fractions, as in metrics.json)."""
+    rows = []
+    for variant, (mean, std, not_computed) in zip(variants, summaries):
+        differences = intervals.differences.get(variant.label)
+        rows.append({
+            "label": variant.label, "mean": mean,
+            "std": std if len(variant.runs) > 1 else None, "not_computed": not_computed,
+            "difference_from_baseline": None if differences is None else
+            {metric: d.to_json() for metric, d in differences.items()},
+            "runs": [{"name": variant.run_name(i), "metrics_json": str(run.path),
+                      "file": run.payload["subsets"][name].get("file"),
+                      "images": run.payload["subsets"][name]["images"],
+                      "metrics": run.payload["subsets"][name]["metrics"]}
+                     for i, run in enumerate(variant.runs)]})
+    return {"bootstrap": {**_bootstrap_json(settings, intervals),
+                          "not_bootstrapped": {"CIDEr": SUBSET_CIDER_NOTE}},
+            "variants": rows, "notes": notes}
 
 
 # ----------------------------------------------------------------------------- output
@@ -396,8 +623,37 @@ def compare_runs(arguments: list[str], split: str = "test",
     variants = load_variants(arguments, split)
     summaries = [seed_summary(v) for v in variants]
     intervals = bootstrap_intervals(variants, settings)
+    subsets, partial = subset_comparisons(variants, settings)
     extra = [s for s in (maker(variants) for maker in
                          (NOTE_SECTIONS if sections is None else sections)) if s is not None]
+    heading = interval_heading(intervals, variants[0].label, settings) \
+        if intervals.differences else None
+    plain, flags, signatures = _notes(variants, intervals)
+    plain += partial
+    provenance = provenance_notes(variants)
+
+    markdown, latex = _tables(variants, summaries, intervals, heading)
+    markdown.append("\n".join([*(f"- {n}" for n in plain), *(f"- **{n}**" for n in flags),
+                               *(f"- `{n}`" for n in signatures)]))
+    markdown += [c.markdown for c in subsets.values()]
+    markdown.append(f"{PROVENANCE}:\n" + "\n".join(f"- `{line}`" for line in provenance))
+    markdown += [f"**{s.title}**\n" + "\n".join(f"- {line}" for line in s.lines) for s in extra]
+
+    latex += [c.latex for c in subsets.values()]
+    notes = [*plain, *flags, *signatures]
+    comments = [*notes, PROVENANCE, *provenance,
+                *(line for s in extra for line in (s.title, *s.lines))]
+    latex_text = "\n\n".join(latex) + "\n" + "\n".join(f"% {n}" for n in comments)
+    payload = _payload(variants, summaries, intervals, settings, split, notes, extra)
+    if any(run.payload.get("subsets") for v in variants for run in v.runs):
+        payload["subsets"] = {name: c.payload for name, c in subsets.items()}
+    return Comparison("\n\n".join(markdown), latex_text, payload)
+
+
+def _tables(variants: list[Variant], summaries: list[Summary], intervals: Intervals,
+            heading: str | None) -> tuple[list[str], list[str]]:
+    """(markdown, LaTeX) of the rows' table (mean ± sd, best in bold, † flags) and, with a
+    heading, of their differences from the baseline."""
     rows = [(v.label, mean) for v, (mean, _, _) in zip(variants, summaries)]
     options = dict(bold_best=True, not_computed=[nc for _, _, nc in summaries],
                    flagged=[any(memoryless(r.payload.get("memory") or {}) for r in v.runs)
@@ -406,28 +662,12 @@ def compare_runs(arguments: list[str], split: str = "test",
     differences: list[tuple[str, dict[str, Interval | None]]] = [
         (v.label, {name: _interval(intervals.differences.get(v.label, {}).get(name))
                    for name in intervals.metrics}) for v in variants[1:]]
-    heading = interval_heading(intervals, variants[0].label, settings) \
-        if intervals.differences else None
-    plain, flags, signatures = _notes(variants, intervals)
-    provenance = provenance_notes(variants)
-
     markdown = [markdown_table(rows, **options)]
-    if heading:
-        markdown.append(heading + ":\n\n" + difference_markdown(differences))
-    markdown.append("\n".join([*(f"- {n}" for n in plain), *(f"- **{n}**" for n in flags),
-                               *(f"- `{n}`" for n in signatures)]))
-    markdown.append(f"{PROVENANCE}:\n" + "\n".join(f"- `{line}`" for line in provenance))
-    markdown += [f"**{s.title}**\n" + "\n".join(f"- {line}" for line in s.lines) for s in extra]
-
     latex = [latex_table(rows, **options)]
     if heading:
+        markdown.append(heading + ":\n\n" + difference_markdown(differences))
         latex.append(f"% {heading}\n" + difference_latex(differences))
-    notes = [*plain, *flags, *signatures]
-    comments = [*notes, PROVENANCE, *provenance,
-                *(line for s in extra for line in (s.title, *s.lines))]
-    latex_text = "\n\n".join(latex) + "\n" + "\n".join(f"% {n}" for n in comments)
-    return Comparison("\n\n".join(markdown), latex_text,
-                      _payload(variants, summaries, intervals, settings, split, notes, extra))
+    return markdown, latex
 
 
 def _interval(difference: Difference | None) -> Interval | None:
@@ -464,10 +704,15 @@ def _payload(variants: list[Variant], summaries: list, intervals: Intervals,
                      for i, run in enumerate(variant.runs)]})
     return {"split": split, "baseline": variants[0].label, "scale": "fractions (tables x 100)",
             "std": "sample standard deviation over seeds (ddof 1), only with > 1 seed",
-            "bootstrap": {"resamples": settings.resamples, "seed": settings.seed,
-                          "confidence_level": settings.confidence, "paired": True,
-                          "unit": "test image", "images": intervals.images,
-                          "metrics": intervals.metrics, "interval": "BCa (scipy.stats.bootstrap)",
-                          "seeds": "per-image values averaged over a variant's seeds"},
+            "bootstrap": _bootstrap_json(settings, intervals),
             "variants": rows, "notes": notes,
             "sections": [{"title": s.title, "lines": s.lines} for s in extra]}
+
+
+def _bootstrap_json(settings: BootstrapSettings, intervals: Intervals) -> dict[str, Any]:
+    """The bootstrap's settings, images and metrics, for the payload."""
+    return {"resamples": settings.resamples, "seed": settings.seed,
+            "confidence_level": settings.confidence, "paired": True,
+            "unit": "test image", "images": intervals.images,
+            "metrics": intervals.metrics, "interval": "BCa (scipy.stats.bootstrap)",
+            "seeds": "per-image values averaged over a variant's seeds"}

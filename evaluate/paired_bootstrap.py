@@ -9,7 +9,8 @@ Per image, one value per field (`read_per_image`):
     mentions       the caption's object mentions (likewise)
 
 A variant trained with several seeds is pooled image by image (`pool`): each field is averaged
-over its seeds' runs, which must have scored the same images.
+over its seeds' runs, which must have scored the same images. With `eval.subsets`, each entry
+also names its subsets (`PerImage.subsets`), and `restrict` keeps the images of one.
 
 Corpus metrics of a set of images (`corpus_value`; a resample repeats some images and drops
 others), counted as `evaluate.score` / `evaluate.chair` count them, so that on the full sample
@@ -74,10 +75,27 @@ class PerImage:
 
     image_ids: np.ndarray
     fields: dict[str, np.ndarray]
+    subsets: dict[str, np.ndarray] | None = None
+    """Subset name -> boolean mask over `image_ids`; None when the entries name no subsets
+    (scored without `eval.subsets`)."""
 
     def has(self, metric: str) -> bool:
         """Whether `metric` (a `METRICS` name) can be computed from these values."""
         return all(name in self.fields for name in METRICS[metric][0])
+
+    def subset_ids(self, name: str) -> np.ndarray | None:
+        """The image ids of subset `name` (sorted), None when membership is not recorded."""
+        if self.subsets is None or name not in self.subsets:
+            return None
+        return self.image_ids[self.subsets[name]]
+
+
+def restrict(values: PerImage, ids: np.ndarray) -> PerImage:
+    """`values` of the images in `ids` only (each must be one of `values.image_ids`)."""
+    keep = np.isin(values.image_ids, ids)
+    if keep.sum() != len(np.unique(ids)):
+        raise ValueError("restrict: some image ids are not among the values' images")
+    return PerImage(values.image_ids[keep], {k: v[keep] for k, v in values.fields.items()})
 
 
 def read_per_image(path: Path, chair: str = "chair") -> PerImage:
@@ -99,7 +117,18 @@ def read_per_image(path: Path, chair: str = "chair") -> PerImage:
         fields["mentions"] = np.array(mentioned, dtype=float)
         fields["hallucinated"] = np.array(hallucinated, dtype=float)
         fields["hallucinating"] = (fields["hallucinated"] > 0).astype(float)
-    return PerImage(ids, fields)
+    return PerImage(ids, fields, _memberships(path, entries))
+
+
+def _memberships(path: Path, entries: list[dict]) -> dict[str, np.ndarray] | None:
+    """Subset name -> mask over `entries` from their "subsets" lists; None when an entry has
+    none."""
+    if not entries or not all("subsets" in e for e in entries):
+        return None
+    if not all(isinstance(e["subsets"], list) for e in entries):
+        raise ValueError(f"{path}: an entry's \"subsets\" is not a list of subset names")
+    names = dict.fromkeys(name for e in entries for name in e["subsets"])
+    return {name: np.array([name in e["subsets"] for e in entries]) for name in names}
 
 
 def same_images(runs: dict[str, PerImage], what: str) -> None:

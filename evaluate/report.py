@@ -6,10 +6,11 @@ concept per patch). The grid is drawn over the centred crop of aspect grid_w:gri
 for ViTs), the region open_clip's eval transform (resize short side + centre crop) encodes.
 FSGR runs also get a codebook-usage table: share of patches per concept (`CodebookUsage`).
 
-With CHAIR, a "Hallucinations by category" table follows the header: the most hallucinated
-categories with their mentions, hallucination rate, the ground-truth objects present when they
-were hallucinated and what they co-occur with in the training captions (`HallucinationTable`,
-from `evaluate.hallucination`).
+With `eval.subsets`, a "Subsets" table follows the header: each subset's images and metrics
+computed on it alone (`SubsetRow`, x 100). With CHAIR, a "Hallucinations by category" table
+follows: the most hallucinated categories with their mentions, hallucination rate, the
+ground-truth objects present when they were hallucinated and what they co-occur with in the
+training captions (`HallucinationTable`, from `evaluate.hallucination`).
 
 The run's warnings (degenerate captions, PMA without prototypes, metrics not computed, stage
 manifests' warnings) open the page in a banner. Nothing is wider than the window: text wraps
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from evaluate.metrics_table import SHORT_NAMES, columns
 from shared.images import ImageError, load_rgb
 from shared.models.fsgr import usage_summary
 
@@ -101,6 +103,18 @@ class HallucinationTable:
     hallucinated: int = 0
     training_images: int = 0
     vocabulary: str = "original"
+
+
+@dataclass
+class SubsetRow:
+    """One named subset of the scored split: its file, images and metrics computed on it alone
+    (fractions; the table prints x 100), and the metrics not computed with why."""
+
+    name: str
+    file: str
+    images: int
+    metrics: dict[str, float]
+    not_computed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -401,6 +415,30 @@ def render_hallucinations(table: HallucinationTable | None) -> str:
             f"<th>co-occurs in training</th></tr></thead><tbody>{rows}</tbody></table></section>")
 
 
+def render_subsets(rows: list[SubsetRow] | None) -> str:
+    """The "Subsets" section ('' without subsets): name, images and every metric x 100."""
+    if not rows:
+        return ""
+    names = columns([r.metrics for r in rows], [r.not_computed for r in rows])
+    head = "".join(f'<th title="{_esc(n)}">{_esc(SHORT_NAMES.get(n, n))}</th>' for n in names)
+
+    def cell(row: SubsetRow, name: str) -> str:
+        value = row.metrics.get(name)
+        if value is None:
+            return f'<td class="num" title="{_esc(row.not_computed.get(name, ""))}">n/a</td>'
+        return f'<td class="num">{100 * float(value):.1f}</td>'
+
+    body = "".join(f'<tr><th title="{_esc(r.file)}">{_esc(r.name)}</th>'
+                   f'<td class="num">{r.images}</td>{"".join(cell(r, n) for n in names)}</tr>'
+                   for r in rows)
+    return (f'<section class="subsets" id="subsets"><h2>Subsets</h2>'
+            f'<p class="hall-note">Each subset of the split scored alone (scores x 100): '
+            f"pycocoevalcap on its captions, so CIDEr-D uses the subset's document frequencies; "
+            f"CHAIR over its captions. Hover a name for its file.</p>"
+            f'<table class="hall-table subset-table"><thead><tr><th>subset</th><th>images</th>'
+            f"{head}</tr></thead><tbody>{body}</tbody></table></section>")
+
+
 def palette_css(ids: set[int]) -> str:
     """One colour class per concept id used on the page (overlay cells and legend swatches)."""
     return "\n".join(f".c{i}{{--h:{concept_hue(i)}}}" for i in sorted(ids))
@@ -538,8 +576,9 @@ mark.hallucinated{background:#ffc9c2;color:#7a1108;border-bottom:2px solid #d92d
 .usage-table tbody th{text-align:left;font-weight:500;white-space:nowrap}
 .usage-table td.share,.usage-table td.count{text-align:right}
 .bar-cell{width:160px}
-.hallucinations{background:var(--card);border-bottom:1px solid var(--line);padding:8px 28px 14px}
-.hallucinations h2{margin:0 0 2px;font-size:16px}
+.hallucinations,.subsets{background:var(--card);border-bottom:1px solid var(--line);
+ padding:8px 28px 14px}
+.hallucinations h2,.subsets h2{margin:0 0 2px;font-size:16px}
 .hall-note{margin:0 0 6px;color:var(--muted);font-size:12px}
 .hall-table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums;
  display:block;max-width:100%;overflow:auto;max-height:420px}
@@ -582,16 +621,18 @@ def write_report(path: Path, *, title: str, images: list[ReportImage], metrics: 
                  concept_words: list[str] | None = None, thumbnail_px: int = 160,
                  codebook_usage: CodebookUsage | None = None,
                  warnings: list[str] | None = None,
-                 hallucinations: HallucinationTable | None = None) -> Path:
+                 hallucinations: HallucinationTable | None = None,
+                 subsets: list[SubsetRow] | None = None) -> Path:
     """Write the HTML report; returns its path (written atomically: temp file + os.replace).
-    `warnings` open the page in a banner; `hallucinations` follow the header."""
+    `warnings` open the page in a banner; `subsets`, then `hallucinations` follow the
+    header."""
     path = Path(path)
     palette = _Palette()
     cards = [render_card(i, image, concept_words, thumbnail_px, palette)
              for i, image in enumerate(images)]
     usage_html = render_usage(codebook_usage, concept_words, palette)
     header = (render_header(title, images, metrics, config_lines, curves_png, usage_html)
-              + render_hallucinations(hallucinations))
+              + render_subsets(subsets) + render_hallucinations(hallucinations))
     write_atomic(path, render_page(title, header, cards, palette,
                                    render_banner(list(warnings or []))))
     return path

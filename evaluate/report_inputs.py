@@ -8,7 +8,8 @@ usage `extract fit` recorded (`fsgr/codebook_usage.json`), and the training curv
 warnings (`report_warnings`): `metrics.json`'s (degenerate captions, PMA without prototypes),
 the metrics not computed, and the `warnings` of the run's stage manifests (extraction,
 clustering, training). With CHAIR, the "Hallucinations by category" section comes from
-`eval/<split>/hallucination.json` (`hallucination_table`).
+`eval/<split>/hallucination.json` (`hallucination_table`); with `eval.subsets`, the "Subsets"
+table from `metrics.json["subsets"]` (`subset_rows`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from evaluate.hallucination import HALLUCINATION_FILE, load_hallucination
 from evaluate.report import (CodebookUsage, CoObject, HallucinationRow, HallucinationTable,
-                             Highlight, ReportImage, write_report)
+                             Highlight, ReportImage, SubsetRow, write_report)
 from evaluate.signature import signature_line
 from extract.concepts import ConceptCodebook
 from extract.fsgr_fit import USAGE_FILE
@@ -60,9 +61,17 @@ def build_report(config: Config, max_images: int = 0) -> Path:
                         images=images, metrics=metrics["metrics"], config_lines=config_lines,
                         curves_png=curves if curves.is_file() else None, concept_words=words,
                         codebook_usage=usage, warnings=report_warnings(config, metrics),
-                        hallucinations=hallucination_table(folder))
+                        hallucinations=hallucination_table(folder),
+                        subsets=subset_rows(metrics))
     write_manifest(spec, config, {"images": len(images)})
     return path
+
+
+def subset_rows(metrics: dict[str, Any]) -> list[SubsetRow]:
+    """The report's subset rows from `metrics.json["subsets"]` (none without subsets)."""
+    return [SubsetRow(name, str(entry.get("file", "")), int(entry["images"]),
+                      dict(entry["metrics"]), dict(entry.get("not_computed") or {}))
+            for name, entry in (metrics.get("subsets") or {}).items()]
 
 
 def hallucination_table(folder: Path) -> HallucinationTable | None:

@@ -7,6 +7,9 @@ Two manifest-checked halves, so a failure while scoring never loses the decoded 
     runs/<dataset>/eval/<split>/per_image.json   caption, references, per-image scores, CHAIR
     runs/<dataset>/eval/<split>/hallucination.json  CHAIR per category, training co-occurrence
 
+With `eval.subsets`, `metrics.json["subsets"]` holds each named subset's metrics computed on it
+alone (`evaluate.subsets`) and every `per_image.json` entry the names of its subsets.
+
 Before anything is computed the annotation files are checked (`evaluate.caption_checks`; the
 instances files' content is kept for CHAIR). `metrics.json` also states the memory of the
 evaluated checkpoint (`"memory": {"self": .., "prototypes": N, ...}`, read from its state) and
@@ -24,7 +27,7 @@ import torch
 
 from evaluate.caption_checks import (caption_stats, check_annotation_files, checkpoint_memory,
                                      degeneracy_warnings, memory_warnings)
-from evaluate.chair import chair_scores, ground_truth_objects, metric_names
+from evaluate.chair import ImageChair, chair_scores, ground_truth_objects, metric_names
 from evaluate.chair_vocabulary import vocabulary_for
 from evaluate.checkpoint import load_trained_decoder
 from evaluate.clip_score import clip_scores
@@ -35,9 +38,10 @@ from evaluate.hallucination import (hallucination_analysis, training_cooccurrenc
 from evaluate.metrics_table import markdown_table
 from evaluate.references import reference_captions
 from evaluate.signature import result_signature, signature_line
+from evaluate.subsets import load_subsets, memberships, subset_scores
 from shared.checkpoint_files import load_checkpoint
 from shared.clip_model import create_clip
-from shared.config import Config
+from shared.config import Config, require_paths
 from shared.devices import resolve_device
 from shared.feature_store import FeatureStore
 from shared.karpathy import ImageRecord, load_karpathy, split_records
@@ -93,7 +97,9 @@ def read_captions(path) -> dict[int, str]:  # noqa: ANN001
 
 def score(config: Config, force: bool = False, progress: bool = True) -> list[str]:
     """Decode (if needed) and score `eval.split`; returns the lines to print (incl. a table).
-    When there is anything to compute, the annotation files are checked before decoding."""
+    When there is anything to compute, the annotation files are checked before decoding; the
+    subset files (`eval.subsets`) always are."""
+    require_paths(config, "eval.subsets")
     spec = eval_stage(config)
     try:
         to_compute = not decide(spec, config, force=force).up_to_date
@@ -101,6 +107,7 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
         to_compute = True                      # which, with the fix, if it is ours
     checked = check_annotation_files(config) if to_compute else None
     dataset = load_karpathy(config.data.karpathy_json, config.data.image_root)
+    subsets = load_subsets(config, [r.image_id for r in split_of(config, dataset)])
     captions, captions_line = write_captions(config, force=force, progress=progress,
                                              dataset=dataset)
     decision = decide(spec, config, force=force)
@@ -123,6 +130,7 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
         i: {"image_id": i, "file": str(records[i].path), "caption": captions[i],
             "references": references[i], "scores": scores.per_image[i]} for i in sorted(captions)}
 
+    chair_images: dict[int, ImageChair] | None = None
     if config.data.instances_json:
         vocab = vocabulary_for(checked.categories(), config.eval.chair_vocabulary)
         truth = ground_truth_objects(checked.instances, references, vocab)  # path -> content
@@ -157,11 +165,45 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
                             "max_length": config.eval.max_length},
                "checkpoint": (read_manifest(captions_stage(config).output) or {}).get("summary",
                                                                                         {})}
+    if subsets:
+        metrics["subsets"], subset_notes = score_subsets(config, subsets, captions, references,
+                                                         chair_images, per_image, not_computed)
+        notes.extend(subset_notes)
+        for i, entry in per_image.items():
+            entry["subsets"] = memberships(subsets, i)
     write_json_atomic(eval_dir(config) / "per_image.json", list(per_image.values()))
     write_hallucination(eval_dir(config), hallucination)  # None: a stale one is removed
     write_json_atomic(spec.output, metrics)
     write_manifest(spec, config, {"metrics": corpus})
     return [captions_line, *summary_lines(config, metrics)]
+
+
+def score_subsets(config: Config, subsets: dict[str, frozenset[int]], captions: dict[int, str],
+                  references: dict[int, list[str]], chair: dict[int, ImageChair] | None,
+                  per_image: dict[int, dict[str, Any]], not_computed: dict[str, str]
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """metrics.json's "subsets" (name -> file, images, metrics, not_computed, chair_counts:
+    `evaluate.subsets.subset_scores` on the subset's captioned images), and a note per
+    subset that lost images without a caption (unreadable in the cache)."""
+    entries: dict[str, Any] = {}
+    notes = []
+    scores = {i: entry["scores"] for i, entry in per_image.items()}
+    for name, ids in subsets.items():
+        scored = frozenset(ids & captions.keys())
+        if not scored:
+            raise RuntimeError(f"subset '{name}': none of its {len(ids)} images has a caption "
+                               "(unreadable in the cache)")
+        if len(scored) < len(ids):
+            notes.append(f"subset {name}: {len(ids) - len(scored)} of its {len(ids)} images "
+                         f"have no caption (unreadable in the cache), scored on {len(scored)}")
+        metrics, counts = subset_scores(scored, captions, references, chair,
+                                        config.eval.chair_vocabulary, scores, config.eval.spice)
+        entries[name] = {"file": config.eval.subsets[name], "images": len(scored),
+                         "metrics": metrics,
+                         "not_computed": {k: v for k, v in not_computed.items()
+                                          if k not in metrics},
+                         "chair_counts": counts}
+    return entries, notes
 
 
 def decoder_state(config: Config) -> dict[str, torch.Tensor]:
@@ -189,11 +231,23 @@ def _clip_scores(config: Config, ids: list[int], captions: dict[int, str],
 
 
 def summary_lines(config: Config, metrics: dict[str, Any]) -> list[str]:
-    """Notes, the metric table (x 100) and where the outputs are."""
+    """Notes, the metric table (x 100), the subsets' table and where the outputs are."""
     label = f"{config.train.experiment or config.data.name}/{metrics['split']}"
     return [*metrics.get("warnings", []), *metrics.get("notes", []), "",
             markdown_table([(label, metrics["metrics"])],
                            not_computed=[metrics.get("not_computed", {})]),
+            *subset_table_lines(label, metrics.get("subsets") or {}),
             *([f"signature: {signature_line(metrics)}"] if signature_line(metrics) else []), "",
             f"evaluate score: {metrics['images']} images; metrics in "
             f"{eval_dir(config) / 'metrics.json'} (scores x 100)"]
+
+
+def subset_table_lines(label: str, subsets: dict[str, Any]) -> list[str]:
+    """A blank line and one table of the subsets (`<label>:<name> (n images)`, x 100); none
+    without subsets."""
+    if not subsets:
+        return []
+    rows = [(f"{label}:{name} ({entry['images']} images)", entry["metrics"])
+            for name, entry in subsets.items()]
+    return ["", markdown_table(rows, not_computed=[e.get("not_computed", {})
+                                                   for e in subsets.values()])]

@@ -59,6 +59,13 @@ class DemoConfig:
     clip_epochs: int = 12
     clip_batch_size: int = 128
     clip_lr: float = 1e-3
+    clip_object_text_rate: float = 0.5   # steps pairing an image with its object list
+    # the controlled language prior: "a+b" pairs of categories that (nearly) always appear
+    # together in train/val scenes; the test split also holds counter-prior scenes
+    prior_pairs: list[str] = field(default_factory=list)
+    prior_strength: float = 0.95         # share of would-be lone-member scenes that are paired
+    counter_prior_fraction: float = 0.3  # test scenes forced to show one member without its pair
+    synonym_rate: float = 0.5            # share of object mentions using a synonym, not the name
 
 
 @dataclass
@@ -204,6 +211,8 @@ class EvalConfig:
     spice: bool = True
     clipscore: bool = False
     chair_vocabulary: str = "original"   # "original": Rohrbach et al.'s CHAIR; "extended": ours
+    subsets: dict[str, str] = field(default_factory=dict)  # name -> file of image ids of the
+                                                           # split, scored alone too
 
 
 @dataclass
@@ -277,6 +286,8 @@ def _fields(cls: type) -> dict[str, Any]:
 def _check_type(dotted: str, value: Any, expected: Any) -> Any:
     """Return `value` converted to `expected`, or raise ConfigError naming the key."""
     origin = typing.get_origin(expected)
+    if origin is dict:
+        return _check_table(dotted, value, expected)
     if origin is list:
         (item_type,) = typing.get_args(expected)
         if isinstance(value, str) and item_type is str:
@@ -303,6 +314,16 @@ def _check_type(dotted: str, value: Any, expected: Any) -> Any:
             raise ConfigError(f"config key '{dotted}' must be a string, got {value!r}")
         return value
     raise ConfigError(f"config key '{dotted}': unsupported type {expected}")
+
+
+def _check_table(dotted: str, value: Any, expected: Any) -> dict[str, str]:
+    """A TOML table of strings (`{name = "x", ...}`, a `dict[str, str]` key)."""
+    if typing.get_args(expected) != (str, str):
+        raise ConfigError(f"config key '{dotted}': unsupported type {expected}")
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{dotted}' must be a table of strings "
+                          f'({{name = "value", ...}}), got {value!r}')
+    return {key: _check_type(f"{dotted}.{key}", item, str) for key, item in value.items()}
 
 
 def _apply(config: Config, section: str, key: str, value: Any, origin: str) -> None:
@@ -440,6 +461,18 @@ def _paths(exists: str) -> Rule:
     return Rule("a list of non-empty paths", lambda v: all(_is_path(p) for p in v), exists)
 
 
+def _is_name(value: str) -> bool:
+    return bool(value) and all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
+
+
+def _named_paths(exists: str) -> Rule:
+    """A table (maybe empty) of plain names ([A-Za-z0-9_-]+) to paths, each of an existing
+    `exists` for `require_paths`."""
+    return Rule("a table of names ([A-Za-z0-9_-]+) to non-empty paths, e.g. "
+                '{in_domain = "ids.json"}',
+                lambda v: all(_is_name(k) and _is_path(p) for k, p in v.items()), exists)
+
+
 def _is_template(value: str) -> bool:
     try:
         return value.format("a") != value.format("b")
@@ -480,6 +513,13 @@ RULES: dict[str, Rule] = {
     "demo.clip_epochs": _integer(1, EPOCHS),
     "demo.clip_batch_size": _integer(2, BATCH),
     "demo.clip_lr": _positive(1.0),
+    "demo.prior_pairs": Rule('a list of "a+b" category pairs (shared.datasets.CATEGORIES)',
+                             lambda v: all(len([w for w in p.split("+") if w.strip()]) == 2
+                                           for p in v)),
+    "demo.clip_object_text_rate": _non_negative(1.0),
+    "demo.prior_strength": _non_negative(1.0),
+    "demo.counter_prior_fraction": _non_negative(1.0),
+    "demo.synonym_rate": _non_negative(1.0),
     "clip.model": _text(),
     "clip.pretrained": Rule('a hub tag such as "openai", a local checkpoint file, or "random" '
                             "(random weights)", _is_path),
@@ -565,6 +605,7 @@ RULES: dict[str, Rule] = {
     "eval.spice": _flag(),
     "eval.clipscore": _flag(),
     "eval.chair_vocabulary": _one_of("original", "extended"),
+    "eval.subsets": _named_paths("file"),
 }
 """The rule of every config key (`load_config` fails on a key without one)."""
 
@@ -620,6 +661,14 @@ def validate(config: Config) -> None:
                               + rel.problem.format(a=rel.a, va=_show(va), b=rel.b, vb=_show(vb)))
 
 
+def _path_items(dotted: str, value: Any) -> list[tuple[str, str]]:
+    """(key, path) of each path of a path key's value: a table's entries (`key.name`), a
+    list's items, or the one path."""
+    if isinstance(value, dict):
+        return [(f"{dotted}.{name}", path) for name, path in value.items()]
+    return [(dotted, item) for item in (value if isinstance(value, list) else [value])]
+
+
 def require_paths(config: Config, *keys: str) -> None:
     """Raise ConfigError naming the first path key (of `keys`, default all path keys) whose
     file or folder does not exist; empty optional paths are skipped."""
@@ -627,11 +676,10 @@ def require_paths(config: Config, *keys: str) -> None:
         kind = RULES[dotted].exists
         if not kind:
             raise ConfigError(f"config key '{dotted}' is not a file or folder path")
-        value = config.value(dotted)
-        for item in (value if isinstance(value, list) else [value]):
+        for key, item in _path_items(dotted, config.value(dotted)):
             found = Path(item).is_file() if kind == "file" else Path(item).is_dir()
             if item and not found:
                 hint = (" or make it with `python -m shared.datasets prepare`"
                         if dotted.startswith("data.") else "")
-                raise ConfigError(f"config key '{dotted}' names no existing {kind}: {item} "
+                raise ConfigError(f"config key '{key}' names no existing {kind}: {item} "
                                   f"(fix the path{hint})")

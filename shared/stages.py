@@ -204,6 +204,9 @@ def memory_banks_stage(config: Config) -> StageSpec:
 CAPTIONS_KEYS = ["eval.split", "eval.beam_size", "eval.max_length", "data.max_caption_words"]
 SCORE_KEYS = ["eval.spice", "eval.clipscore", "eval.chair_vocabulary", "data.captions_json",
               "data.instances_json"]
+SUBSETS_KEY = "eval.subsets"
+"""A score key only when subsets are configured, so adding the key kept every evaluation
+scored before it (without subsets) up to date."""
 
 
 def eval_dir(config: Config, split: str | None = None) -> Path:
@@ -220,13 +223,16 @@ def captions_stage(config: Config) -> StageSpec:
 
 
 def eval_stage(config: Config) -> StageSpec:
-    """`evaluate score`, second half: metrics of the captions (pycocoevalcap, CHAIR, CLIP-S)."""
+    """`evaluate score`, second half: metrics of the captions (pycocoevalcap, CHAIR, CLIP-S),
+    also on each of `eval.subsets`, whose files are inputs."""
     inputs = [*(Path(p) for p in config.data.captions_json),
-              *(Path(p) for p in config.data.instances_json)]
+              *(Path(p) for p in config.data.instances_json),
+              *(Path(p) for p in config.eval.subsets.values())]
+    keys = [*SCORE_KEYS, SUBSETS_KEY] if config.eval.subsets else SCORE_KEYS
     upstream = [captions_stage(config)]
     if config.eval.clipscore:
         upstream.append(clip_stage(config))
-    return StageSpec("evaluate.score", eval_dir(config) / "metrics.json", SCORE_KEYS, inputs,
+    return StageSpec("evaluate.score", eval_dir(config) / "metrics.json", keys, inputs,
                      upstream, command="python -m evaluate score")
 
 

@@ -51,6 +51,10 @@ ZERO_OK = {
     "fsgr.contrastive_weight": "0: no contrastive loss",
     "clip.max_failed_fraction": "0: no unreadable image is tolerated",
     "fsgr.dropout": "0: no dropout",
+    "demo.clip_object_text_rate": "0: the tiny CLIP sees only the reference captions",
+    "demo.prior_strength": "0: no scene is repaired (categories as drawn)",
+    "demo.counter_prior_fraction": "0: no forced counter-prior test scene",
+    "demo.synonym_rate": "0: objects are always called by their category name",
     "decoder.dropout": "0: no dropout",
 }
 NO_UPPER_BOUND = {
@@ -71,6 +75,8 @@ EMPTY_OK = {
     "scst.init_checkpoint": "empty: SCST starts from train/best.pt",
     "data.captions_json": "empty list: references come from the Karpathy json",
     "data.instances_json": "empty list: no instance annotations, CHAIR skipped",
+    "eval.subsets": "empty table: no named subsets of the split",
+    "demo.prior_pairs": "empty list: no language prior in the demo scenes",
 }
 MALFORMED = {  # one wrong but well-typed value of every string key
     "data.name": '"runs/coco"', "data.kind": '"imagenet"', "data.karpathy_json": '"  "',
@@ -84,6 +90,7 @@ MALFORMED = {  # one wrong but well-typed value of every string key
     "scst.baseline": '"median"', "scst.loss_normalization": '"sum"', "eval.split": '"dev"',
     "eval.chair_vocabulary": '"mine"',
     "data.captions_json": '[""]', "data.instances_json": '["  "]',
+    "demo.prior_pairs": '["star"]',
 }
 
 
@@ -102,6 +109,8 @@ def wrong_values(key: str, kind: typing.Any) -> list[str]:
         return ["3", "true", MALFORMED[key]] + ([] if key in EMPTY_OK else ['""'])
     if kind == list[str]:
         return ["[1]", "3", MALFORMED[key]]
+    if kind == dict[str, str]:
+        return ['"ids.json"', '["ids.json"]', "{a = 1}", '{"a b" = "ids.json"}', '{a = ""}']
     raise AssertionError(f"{key}: no wrong values for type {kind}")
 
 
@@ -136,7 +145,7 @@ def test_listed_zeros_are_accepted(key: str) -> None:
 
 @pytest.mark.parametrize("key", sorted(EMPTY_OK))
 def test_listed_empty_values_are_accepted(key: str) -> None:
-    empty = "[]" if KEYS[key] == list[str] else '""'
+    empty = {list[str]: "[]", dict[str, str]: "{}"}.get(KEYS[key], '""')
     assert not load_config(DEMO_CONFIG, [f"{key}={empty}"]).value(key)
 
 

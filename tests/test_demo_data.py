@@ -21,8 +21,10 @@ from shared.datasets.demo_scenes import (
     DemoPaths,
     demo_overrides,
     generate_dataset,
+    PATTERN_SHADE,
     object_masks,
     patch_categories,
+    pattern_mask,
     prepare_demo_data,
 )
 from shared.karpathy import load_karpathy, split_records
@@ -148,11 +150,16 @@ def test_object_masks_agree_with_bboxes_and_pixels(demo: DemoPaths) -> None:
             assert xs.max() - xs.min() >= w - 3 and ys.max() - ys.min() >= h - 3
             assert abs(own.sum() - ann["area"]) < 0.2 * ann["area"] + 20
             inner = _erode(own & (mask == ann["category_id"]), 2)
-            if inner.sum() < 5:
+            pattern = pattern_mask(CATEGORIES[ann["category_id"] - 1], info["width"])
+            plain, patterned = inner & ~pattern, inner & pattern
+            if plain.sum() < 5:
                 continue
-            colour = np.median(pixels[inner], axis=0)
+            colour = np.median(pixels[plain], axis=0)
             expected = np.array(COLORS[ann["attributes"]["color"]], np.float32)
             assert np.abs(colour - expected).max() < 30, (ann, colour)
+            if patterned.sum() >= 5 and expected.sum() > 200:  # its pattern, in a darker shade
+                shade = np.median(pixels[patterned], axis=0)
+                assert shade.sum() < (PATTERN_SHADE + 0.25) * colour.sum(), (ann, shade, colour)
         half = object_masks(data, info["id"], 64)
         assert half.shape == (64, 64)
         assert set(np.unique(half)) <= set(np.unique(mask))

@@ -51,8 +51,12 @@ def test_make_ablation_on_a_small_demo(demo_run, tmp_path) -> None:
     assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "CHAIRi", "CHAIRs"} <= set(metrics)
 
     labels = ["CLIP", "CLIP+PMA", "FSGR", "FSGR+PMA"]
-    table, heading, differences, notes, provenance, *_sections = \
-        (runs / "ablation.md").read_text().strip().split("\n\n")
+    blocks = (runs / "ablation.md").read_text().strip().split("\n\n")
+    table, heading, differences, notes = blocks[:4]
+    provenance = next(b for b in blocks if b.startswith("Provenance"))
+    subsets = [b for b in blocks[4:blocks.index(provenance)] if b.startswith("**Subset ")]
+    assert [b.split(" (")[0] for b in subsets] == ["**Subset counter_prior",
+                                                   "**Subset in_prior"]  # demo.toml's subsets
     assert [row.split("|")[1].strip() for row in table.splitlines()[2:]] == labels
     assert "±" not in table  # one seed: the values as they are
     images = json.loads((runs / "eval" / "test" / "metrics.json").read_text())["images"]
@@ -71,6 +75,7 @@ def test_make_ablation_on_a_small_demo(demo_run, tmp_path) -> None:
     assert [row["label"] for row in summary["variants"]] == labels
     assert set(summary["variants"][3]["difference_from_baseline"]) == \
         {"CIDEr", "CHAIRs", "CHAIRi"}
+    assert set(summary["subsets"]) == {"in_prior", "counter_prior"}
     assert (runs / "ablation.tex").is_file() and lines[-1].endswith("ablation.tex")
     for name, visual_input, memory in (("clip", "clip", False), ("clip_pma", "clip", True),
                                        ("fsgr", "fsgr", False)):

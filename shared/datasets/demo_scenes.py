@@ -10,6 +10,16 @@ varied templates and synonyms ("ball" for circle, "box" for square, ...). Writte
     annotations/captions_demo.json         COCO captions
     annotations/instances_demo.json        COCO instances (polygon segmentations)
 
+    subsets/{in_prior,counter_prior}.json  test image ids (with `demo.prior_pairs`)
+
+A controlled language prior (`demo.prior_pairs`, e.g. ["star+heart"]): in train/val scenes a
+pair member without its partner is repaired with probability `demo.prior_strength` (another
+shape becomes the partner, else the member becomes a category outside every pair), so the
+captions teach "star" -> "heart". A share `demo.counter_prior_fraction` of the test scenes is
+drawn counter-prior: one member shown without its partner. The test ids are written as two
+subsets by what each scene holds: `counter_prior` (some member without its partner) and
+`in_prior` (the rest), for `eval.subsets`.
+
 Everything follows from `demo.seed`: the same seed gives byte-identical files.
 """
 
@@ -76,8 +86,11 @@ CAPTIONS_PER_IMAGE = 5
 KARPATHY_NAME = "dataset_demo.json"
 CAPTIONS_NAME = "annotations/captions_demo.json"
 INSTANCES_NAME = "annotations/instances_demo.json"
+SUBSETS_DIR = "subsets"
+SUBSET_NAMES = ("in_prior", "counter_prior")
 DATA_KEYS = ["demo.output_dir", "demo.seed", "demo.n_train", "demo.n_val", "demo.n_test",
-             "demo.image_size"]
+             "demo.image_size", "demo.prior_pairs", "demo.prior_strength",
+             "demo.counter_prior_fraction", "demo.synonym_rate"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,10 @@ class DemoPaths:
     def instances_json(self) -> Path:
         return self.root / INSTANCES_NAME
 
+    def subset(self, name: str) -> Path:
+        """The json list of test image ids of subset `name` (in_prior, counter_prior)."""
+        return self.root / SUBSETS_DIR / f"{name}.json"
+
 
 # ----------------------------------------------------------------------------- shapes
 
@@ -174,8 +191,95 @@ def _place(category: str, cx: float, cy: float, radius: float, angle: float) -> 
     return tuple(round(float(v), 2) for v in pts.reshape(-1))
 
 
-def sample_scene(rng: np.random.Generator, size: int) -> Scene:
-    """Draw a random scene of 1-3 mostly non-overlapping shapes."""
+@dataclass(frozen=True)
+class ScenePrior:
+    """Pairs of categories that appear together; `strength`: the probability that a scene
+    with a member but not its partner is repaired (see the module docstring)."""
+
+    pairs: tuple[tuple[str, str], ...] = ()
+    strength: float = 0.0
+
+    @property
+    def members(self) -> frozenset[str]:
+        return frozenset(c for pair in self.pairs for c in pair)
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        """Categories outside every pair (what a repaired lone member becomes)."""
+        return tuple(c for c in CATEGORIES if c not in self.members)
+
+    def partner(self, category: str) -> str | None:
+        return next((b if a == category else a for a, b in self.pairs if category in (a, b)),
+                    None)
+
+    def lone_members(self, categories: list[str]) -> list[str]:
+        """Pair members present without their partner, in scene order (repeats once)."""
+        return list(dict.fromkeys(c for c in categories if c in self.members
+                                  and self.partner(c) not in categories))
+
+    def follow(self, categories: list[str], rng: np.random.Generator) -> list[str]:
+        """A training scene's categories: lone members repaired with probability strength."""
+        if self.lone_members(categories) and rng.random() < self.strength:
+            return self._repair(categories, rng)
+        return categories
+
+    def counter(self, categories: list[str], rng: np.random.Generator) -> list[str]:
+        """A counter-prior scene: one member of a random pair at a random slot, its partner
+        absent; every other pair is kept by the prior."""
+        member = _pick(rng, _pick_pair(rng, self.pairs))
+        slot = int(rng.integers(len(categories)))
+        partner = self.partner(member)
+        out = [_pick(rng, self.free) if c == partner else c for c in categories]
+        out[slot] = member
+        return self._repair(out, rng, keep={slot}, add_partners=False)
+
+    def _repair(self, categories: list[str], rng: np.random.Generator,
+                keep: frozenset[int] | set[int] = frozenset(), add_partners: bool = True
+                ) -> list[str]:
+        """Remove lone members (but those at `keep`): another free shape becomes the
+        partner when there is one (and `add_partners`), else the member becomes free."""
+        out = list(categories)
+        kept = {out[i] for i in keep}
+        while True:
+            lone = [c for c in self.lone_members(out) if c not in kept]
+            if not lone:
+                return out
+            member = lone[0]
+            free_slots = [i for i, c in enumerate(out) if c not in self.members and i not in keep]
+            if add_partners and free_slots:
+                out[free_slots[int(rng.integers(len(free_slots)))]] = self.partner(member)
+            else:
+                slot = next(i for i, c in enumerate(out) if c == member and i not in keep)
+                out[slot] = _pick(rng, self.free)
+
+
+def _pick_pair(rng: np.random.Generator, pairs: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    return pairs[int(rng.integers(len(pairs)))]
+
+
+def scene_prior(demo: DemoConfig) -> ScenePrior:
+    """The `demo.prior_pairs` / `demo.prior_strength` of a config (ConfigError if malformed)."""
+    pairs = []
+    for text in demo.prior_pairs:
+        names = tuple(part.strip() for part in text.split("+"))
+        if len(names) != 2 or any(n not in CATEGORIES for n in names) or names[0] == names[1]:
+            raise ConfigError(f"config key 'demo.prior_pairs': {text!r} is not two different "
+                              f"categories joined by '+' (categories: {', '.join(CATEGORIES)})")
+        pairs.append(names)
+    used = [c for pair in pairs for c in pair]
+    twice = next((c for c in used if used.count(c) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"config key 'demo.prior_pairs': '{twice}' is in two pairs")
+    if len(used) == len(CATEGORIES):
+        raise ConfigError("config key 'demo.prior_pairs': leave at least one category outside "
+                          "every pair")
+    return ScenePrior(tuple(pairs), demo.prior_strength)
+
+
+def sample_scene(rng: np.random.Generator, size: int, prior: ScenePrior = ScenePrior(),
+                 counter_prior: bool = False) -> Scene:
+    """Draw a random scene of 1-3 mostly non-overlapping shapes; its categories follow
+    `prior` (or, with `counter_prior`, break it once)."""
     n_objects = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     while True:
         positions = [str(p) for p in rng.choice(list(POSITIONS), n_objects, replace=False)]
@@ -192,9 +296,12 @@ def sample_scene(rng: np.random.Generator, size: int) -> Scene:
         if all(math.dist(centers[i], centers[j]) >= 0.95 * (radii[i] + radii[j])
                for i in range(n_objects) for j in range(i + 1, n_objects)):
             break
+    categories = [_pick(rng, CATEGORIES) for _ in range(n_objects)]
+    if prior.pairs:
+        categories = (prior.counter(categories, rng) if counter_prior
+                      else prior.follow(categories, rng))
     objects = []
-    for pos, sz, (cx, cy), r in zip(positions, sizes, centers, radii):
-        category = _pick(rng, CATEGORIES)
+    for category, pos, sz, (cx, cy), r in zip(categories, positions, sizes, centers, radii):
         color = _pick(rng, list(COLORS))
         angle = math.radians(float(rng.uniform(-12, 12)))
         objects.append(SceneObject(category, color, sz, pos,
@@ -205,21 +312,68 @@ def sample_scene(rng: np.random.Generator, size: int) -> Scene:
     return Scene(size, background, gradient, tuple(objects))
 
 
+PATTERNS: dict[str, str] = {
+    "circle": "solid", "square": "horizontal stripes", "triangle": "vertical stripes",
+    "star": "diagonal stripes", "cross": "anti-diagonal stripes", "diamond": "dots",
+    "hexagon": "grid", "heart": "checks",
+}
+"""The surface pattern of each category, drawn in a darker shade of the object's colour: the
+categories differ at the scale of a ViT patch (as real object categories differ in texture),
+not only in outline, so a small CLIP trained for a minute can tell them apart."""
+
+PATTERN_SHADE = 0.55
+"""Brightness of the pattern relative to the object's colour (it covers < half the pixels,
+so the object's median colour stays its named colour)."""
+
+
+@functools.lru_cache(maxsize=16)
+def pattern_mask(category: str, size: int) -> np.ndarray:
+    """Boolean [size, size]: where `category`'s pattern is drawn (period: size / 16 px)."""
+    period = max(4, size // 16)
+    line = max(1, 3 * period // 8)
+    y, x = np.mgrid[0:size, 0:size]
+    kind = PATTERNS[category]
+    if kind == "solid":
+        return np.zeros((size, size), bool)
+    if kind == "horizontal stripes":
+        return y % period < line
+    if kind == "vertical stripes":
+        return x % period < line
+    if kind == "diagonal stripes":
+        return (x + y) % period < line
+    if kind == "anti-diagonal stripes":
+        return (x - y) % period < line
+    if kind == "dots":
+        return (x % period < line) & (y % period < line)
+    if kind == "grid":
+        thin = max(1, period // 4)
+        return (x % period < thin) | (y % period < thin)
+    if kind == "checks":
+        half = max(2, period // 2)
+        return ((x // half + y // half) % 2 == 0) & (x % half < 3 * half // 4) \
+            & (y % half < 3 * half // 4)
+    raise ValueError(f"unknown demo pattern {kind!r}")
+
+
 def render_scene(scene: Scene, rng: np.random.Generator) -> Image.Image:
-    """The RGB image of a scene: background (+ gradient), shapes, colour jitter and noise."""
+    """The RGB image of a scene: background (+ gradient), patterned shapes, colour jitter and
+    noise."""
     size = scene.size
     ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
     shade = scene.gradient[0] * ramp[None, :] + scene.gradient[1] * ramp[:, None]
     base = np.asarray(BACKGROUNDS[scene.background], np.float32)
-    canvas = np.clip(base[None, None, :] + shade[:, :, None], 0, 255).astype(np.uint8)
-    image = Image.fromarray(canvas, "RGB")
-    draw = ImageDraw.Draw(image)
+    pixels = np.clip(base[None, None, :] + shade[:, :, None], 0, 255)
     for obj in scene.objects:
-        jitter = rng.integers(-15, 16, 3).tolist()
-        fill = tuple(min(max(c + j, 0), 255) for c, j in zip(COLORS[obj.color], jitter))
-        draw.polygon(list(zip(obj.polygon[0::2], obj.polygon[1::2])), fill=fill)
-    noise = rng.standard_normal((size, size, 3), dtype=np.float32) * 4.0
-    pixels = np.asarray(image, np.float32) + noise
+        jitter = rng.integers(-15, 16, 3)
+        fill = np.clip(np.asarray(COLORS[obj.color]) + jitter, 0, 255).astype(np.float32)
+        outline = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(outline).polygon(list(zip(obj.polygon[0::2], obj.polygon[1::2])),
+                                        fill=255)
+        inside = np.asarray(outline) > 0
+        patterned = inside & pattern_mask(obj.category, size)
+        pixels[inside] = fill
+        pixels[patterned] = fill * PATTERN_SHADE
+    pixels += rng.standard_normal((size, size, 3), dtype=np.float32) * 4.0
     np.rint(pixels, out=pixels)
     np.clip(pixels, 0, 255, out=pixels)
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
@@ -237,9 +391,16 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _phrase(obj: SceneObject, rng: np.random.Generator, size: bool | None = None) -> str:
-    """'a small red ball': article, optional size, colour, a synonym of the category."""
-    noun = _pick(rng, SYNONYMS[obj.category])
+def _noun(obj: SceneObject, rng: np.random.Generator, synonym_rate: float) -> str:
+    """The category's name, or with probability `synonym_rate` one of its synonyms."""
+    synonyms = SYNONYMS[obj.category][1:]
+    return _pick(rng, synonyms) if synonyms and rng.random() < synonym_rate else obj.category
+
+
+def _phrase(obj: SceneObject, rng: np.random.Generator, synonym_rate: float,
+            size: bool | None = None) -> str:
+    """'a small red ball': article, optional size, colour, the category's noun."""
+    noun = _noun(obj, rng, synonym_rate)
     use_size = bool(rng.random() < 0.5) if size is None else size
     words = ([_pick(rng, _SIZE_WORDS[obj.size])] if use_size else []) + [obj.color, noun]
     return f"{_article(words[0])} {' '.join(words)}"
@@ -260,8 +421,9 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _templates(scene: Scene, rng: np.random.Generator) -> list[str]:
-    """One candidate caption per template applicable to the scene (random wording)."""
+def _templates(scene: Scene, rng: np.random.Generator, rate: float) -> list[str]:
+    """One candidate caption per template applicable to the scene (random wording; `rate`:
+    the synonym rate of object nouns)."""
     objs, bg = scene.objects, scene.background
     n = len(objs)
     count = _COUNT_WORDS[n]
@@ -269,35 +431,39 @@ def _templates(scene: Scene, rng: np.random.Generator) -> list[str]:
     if n == 1:
         (o,) = objs
         out += [
-            f"{_phrase(o, rng)} {_where(o, rng)}",
-            f"{_phrase(o, rng, True)} on a {bg} background",
-            f"there is {_phrase(o, rng)} {_where(o, rng)}",
-            f"an image with a single {o.color} {_pick(rng, SYNONYMS[o.category])}",
-            f"{_where(o, rng)} there is {_phrase(o, rng)}",
-            f"one {o.size} {o.color} {_pick(rng, SYNONYMS[o.category])} on a plain background",
-            f"a picture of {_phrase(o, rng)} {_where(o, rng)}",
+            f"{_phrase(o, rng, rate)} {_where(o, rng)}",
+            f"{_phrase(o, rng, rate, True)} on a {bg} background",
+            f"there is {_phrase(o, rng, rate)} {_where(o, rng)}",
+            f"an image with a single {o.color} {_noun(o, rng, rate)}",
+            f"{_where(o, rng)} there is {_phrase(o, rng, rate)}",
+            f"one {o.size} {o.color} {_noun(o, rng, rate)} on a plain background",
+            f"a picture of {_phrase(o, rng, rate)} {_where(o, rng)}",
         ]
         return out
     first, *rest = objs
     out += [
-        _join([f"{_phrase(o, rng, False)} {_where(o, rng)}" for o in objs]),
-        f"{count} shapes: " + _join([_phrase(o, rng) for o in objs]),
-        f"there is {_phrase(first, rng)} next to " + _join([_phrase(o, rng) for o in rest]),
-        f"{_phrase(first, rng, False)} {_relation(first, rest[0])} {_phrase(rest[0], rng, False)}"
-        + ("" if n == 2 else f" and {_phrase(rest[1], rng, False)} {_where(rest[1], rng)}"),
-        f"{count} objects on a {bg} background: " + _join([_phrase(o, rng, False) for o in objs]),
-        _join([f"{_where(o, rng)} is {_phrase(o, rng, False)}" for o in objs]),
-        f"{count} colorful shapes including " + _join([_phrase(o, rng) for o in objs]),
+        _join([f"{_phrase(o, rng, rate, False)} {_where(o, rng)}" for o in objs]),
+        f"{count} shapes: " + _join([_phrase(o, rng, rate) for o in objs]),
+        f"there is {_phrase(first, rng, rate)} next to "
+        + _join([_phrase(o, rng, rate) for o in rest]),
+        f"{_phrase(first, rng, rate, False)} {_relation(first, rest[0])} "
+        f"{_phrase(rest[0], rng, rate, False)}"
+        + ("" if n == 2 else f" and {_phrase(rest[1], rng, rate, False)} "
+                             f"{_where(rest[1], rng)}"),
+        f"{count} objects on a {bg} background: "
+        + _join([_phrase(o, rng, rate, False) for o in objs]),
+        _join([f"{_where(o, rng)} is {_phrase(o, rng, rate, False)}" for o in objs]),
+        f"{count} colorful shapes including " + _join([_phrase(o, rng, rate) for o in objs]),
     ]
     return out
 
 
-def scene_captions(scene: Scene, rng: np.random.Generator,
-                   n: int = CAPTIONS_PER_IMAGE) -> list[str]:
+def scene_captions(scene: Scene, rng: np.random.Generator, n: int = CAPTIONS_PER_IMAGE,
+                   synonym_rate: float = 0.5) -> list[str]:
     """`n` distinct captions of 4-18 words that mention every object of the scene."""
     captions: list[str] = []
     for _ in range(50):
-        candidates = _templates(scene, rng)
+        candidates = _templates(scene, rng, synonym_rate)
         for i in rng.permutation(len(candidates)):
             text = candidates[i]
             if MIN_WORDS <= len(tokenize(text)) <= MAX_WORDS and text not in captions:
@@ -324,6 +490,7 @@ class DemoSummary:
     n_captions: int
     n_objects: int
     seconds: float
+    prior: dict[str, Any]
 
 
 def _splits(demo: DemoConfig) -> list[str]:
@@ -353,6 +520,37 @@ def check_demo_config(demo: DemoConfig) -> None:
             raise ConfigError(f"config key 'demo.{key}' must be >= 1, got {getattr(demo, key)}")
     if demo.image_size < 32:
         raise ConfigError(f"config key 'demo.image_size' must be >= 32, got {demo.image_size}")
+    scene_prior(demo)
+
+
+def _counter_prior_draws(demo: DemoConfig, splits: list[str]) -> set[int]:
+    """Indices of the test scenes drawn counter-prior (`demo.counter_prior_fraction` of them,
+    at least one and at most all but one when the fraction is > 0, so that neither subset is
+    empty on a small test split)."""
+    test = [i for i, split in enumerate(splits) if split == "test"]
+    if not demo.prior_pairs or demo.counter_prior_fraction == 0:
+        return set()
+    rng = np.random.default_rng([demo.seed, 1_000_033])
+    count = min(max(1, round(demo.counter_prior_fraction * len(test))), max(1, len(test) - 1))
+    return {test[int(i)] for i in rng.choice(len(test), count, replace=False)}
+
+
+def prior_statistics(prior: ScenePrior, scenes: list[tuple[str, Scene]],
+                     subsets: dict[str, list[int]]) -> dict[str, Any]:
+    """Per pair, over train+restval scenes: scenes with a member, and the share of them that
+    also hold its partner; plus the test subset sizes."""
+    pairs = {}
+    training = [scene for split, scene in scenes if split in ("train", "restval")]
+    for a, b in prior.pairs:
+        for member, partner in ((a, b), (b, a)):
+            holding = [{o.category for o in s.objects} for s in training]
+            with_member = [cats for cats in holding if member in cats]
+            paired = sum(partner in cats for cats in with_member)
+            pairs[f"{partner} | {member}"] = {
+                "train_scenes_with_member": len(with_member),
+                "share_with_partner": round(paired / max(1, len(with_member)), 4)}
+    return {"pairs": [f"{a}+{b}" for a, b in prior.pairs], "strength": prior.strength,
+            "cooccurrence": pairs, "test_subsets": {k: len(v) for k, v in subsets.items()}}
 
 
 def generate_dataset(demo: DemoConfig, output_dir: str | Path | None = None) -> DemoSummary:
@@ -360,18 +558,27 @@ def generate_dataset(demo: DemoConfig, output_dir: str | Path | None = None) -> 
     check_demo_config(demo)
     start = time.perf_counter()
     paths = DemoPaths(Path(output_dir if output_dir is not None else demo.output_dir))
-    for stale in (paths.image_root, paths.root / "annotations"):
+    for stale in (paths.image_root, paths.root / "annotations", paths.root / SUBSETS_DIR):
         shutil.rmtree(stale, ignore_errors=True)
     for folder in ("train", "val", "test"):
         (paths.image_root / folder).mkdir(parents=True, exist_ok=True)
 
     size = demo.image_size
+    prior = scene_prior(demo)
+    splits = _splits(demo)
+    counter_draws = _counter_prior_draws(demo, splits)
     karpathy, coco_images, coco_captions, instances = [], [], [], []
+    scenes: list[tuple[str, Scene]] = []
+    subsets: dict[str, list[int]] = {name: [] for name in SUBSET_NAMES}
     sent_id = ann_id = 0
-    for index, split in enumerate(_splits(demo)):
+    for index, split in enumerate(splits):
         rng = np.random.default_rng([demo.seed, index])
-        scene = sample_scene(rng, size)
-        captions = scene_captions(scene, rng)
+        scene = sample_scene(rng, size, prior, counter_prior=index in counter_draws)
+        captions = scene_captions(scene, rng, synonym_rate=demo.synonym_rate)
+        scenes.append((split, scene))
+        if split == "test" and prior.pairs:
+            lone = prior.lone_members([o.category for o in scene.objects])
+            subsets["counter_prior" if lone else "in_prior"].append(index + 1)
         folder = "train" if split == "restval" else split
         cocoid = index + 1
         filename = f"demo_{folder}_{cocoid:06d}.jpg"
@@ -412,8 +619,13 @@ def generate_dataset(demo: DemoConfig, output_dir: str | Path | None = None) -> 
     _write_json(paths.instances_json, {"info": info, "licenses": [], "type": "instances",
                                        "images": coco_images, "annotations": instances,
                                        "categories": categories})
+    if prior.pairs:
+        for name, ids in subsets.items():
+            _write_json(paths.subset(name), ids)
     n_restval = sum(e["split"] == "restval" for e in karpathy)
-    return DemoSummary(len(karpathy), n_restval, sent_id, ann_id, time.perf_counter() - start)
+    statistics = prior_statistics(prior, scenes, subsets) if prior.pairs else {}
+    return DemoSummary(len(karpathy), n_restval, sent_id, ann_id, time.perf_counter() - start,
+                       statistics)
 
 
 def data_stage(config: Config) -> StageSpec:
@@ -433,7 +645,19 @@ def prepare_demo_data(config: Config, force: bool = False) -> tuple[bool, str]:
     write_manifest(spec, config, summary=summary.__dict__)
     return True, (f"demo data: wrote {summary.n_images} images ({summary.n_restval} restval), "
                   f"{summary.n_captions} captions, {summary.n_objects} objects to "
-                  f"{spec.output} in {summary.seconds:.1f}s ({decision.reason})")
+                  f"{spec.output} in {summary.seconds:.1f}s ({decision.reason})"
+                  + prior_line(summary.prior))
+
+
+def prior_line(statistics: dict[str, Any]) -> str:
+    """'; prior star+heart: heart | star 97%, ...; test subsets in_prior 210, ...' or ''."""
+    if not statistics:
+        return ""
+    shares = ", ".join(f"{k} {100 * v['share_with_partner']:.0f}%"
+                       for k, v in statistics["cooccurrence"].items())
+    sizes = ", ".join(f"{k} {v}" for k, v in statistics["test_subsets"].items())
+    return (f"; prior {' '.join(statistics['pairs'])} (train share with partner: {shares}); "
+            f"test subsets: {sizes}")
 
 
 def demo_overrides(output_dir: str | Path) -> list[str]:
@@ -444,7 +668,9 @@ def demo_overrides(output_dir: str | Path) -> list[str]:
             f"data.karpathy_json={quote(str(paths.karpathy_json))}",
             f"data.image_root={quote(str(paths.image_root))}",
             f"data.captions_json=[{quote(str(paths.captions_json))}]",
-            f"data.instances_json=[{quote(str(paths.instances_json))}]"]
+            f"data.instances_json=[{quote(str(paths.instances_json))}]",
+            "eval.subsets={" + ", ".join(f"{name} = {quote(str(paths.subset(name)))}"
+                                         for name in SUBSET_NAMES) + "}"]
 
 
 # ----------------------------------------------------------------------------- masks

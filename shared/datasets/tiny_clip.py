@@ -2,7 +2,11 @@
 
 The model is an open_clip config shipped in `shared/model_configs/` (`demo.clip_model`); it is
 trained with the standard CLIP InfoNCE loss (learnable logit scale, AdamW, warm-up + cosine)
-on train+restval images with one random reference caption per image and step. The weights go
+on train+restval images with, per image and step, one random reference caption or, with
+probability `demo.clip_object_text_rate`, the plain list of its objects ("a star and a heart",
+from the instance annotations), as web alt-texts often are. The object lists are what makes a
+minute of training learn the shapes: in-batch negatives rarely share their colours, so the
+captions alone are matched by colour and position. The weights go
 to `clip.pretrained` (a file path) and are loaded back through `create_clip`, exactly as a
 user's own checkpoint would be, to measure image<->text recall on the demo test split.
 """
@@ -10,6 +14,7 @@ user's own checkpoint would be, to measure image<->text recall on the demo test 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -29,7 +34,7 @@ from shared.karpathy import ImageRecord, load_karpathy, split_records
 from shared.manifest import StageSpec, decide, remove_manifest, write_json_atomic, write_manifest
 
 CLIP_KEYS = ["demo.clip_model", "demo.clip_epochs", "demo.clip_batch_size", "demo.clip_lr",
-             "demo.seed"]
+             "demo.clip_object_text_rate", "demo.seed"]
 RECALL_KS = (1, 5, 10)
 WEIGHT_DECAY = 0.1
 WARMUP_FRACTION = 0.1
@@ -63,6 +68,24 @@ def load_images(records: list[ImageRecord], bundle: ClipBundle, progress: bool =
     """Decode and preprocess every image once, with the model's own transform: [N, 3, H, W]."""
     items = tqdm(records, desc="decode images", disable=not progress, leave=False)
     return torch.stack([bundle.preprocess(load_rgb(r.path, bundle.image_size)) for r in items])
+
+
+def object_texts(records: list[ImageRecord], instances_json: str | Path) -> list[str]:
+    """Per record, its objects' category names as one short text: 'a star and a heart'."""
+    data = json.loads(Path(instances_json).read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    held: dict[int, list[str]] = {}
+    for ann in data["annotations"]:
+        held.setdefault(int(ann["image_id"]), []).append(names[ann["category_id"]])
+    texts = []
+    for record in records:
+        phrases = [f"{'an' if n[0] in 'aeiou' else 'a'} {n}" for n in held.get(record.image_id,
+                                                                             [])]
+        if not phrases:
+            raise ValueError(f"{instances_json}: image {record.image_id} has no objects")
+        texts.append(phrases[0] if len(phrases) == 1
+                     else ", ".join(phrases[:-1]) + " and " + phrases[-1])
+    return texts
 
 
 def tokenize_captions(records: list[ImageRecord], bundle: ClipBundle
@@ -127,20 +150,27 @@ def _check_knobs(epochs: int, batch_size: int, lr: float) -> None:
 
 def train_contrastive(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
                       owner: torch.Tensor, epochs: int, batch_size: int, lr: float,
-                      seed: int = 0, progress: bool = True) -> list[float]:
-    """Train `model` in place on (image, random one of its captions) pairs; mean loss/epoch."""
+                      seed: int = 0, progress: bool = True,
+                      object_tokens: torch.Tensor | None = None, object_rate: float = 0.0
+                      ) -> list[float]:
+    """Train `model` in place on (image, random one of its captions) pairs, or with
+    probability `object_rate` (image, its object list `object_tokens[i]`); mean loss/epoch."""
     _check_knobs(epochs, batch_size, lr)
     batch_size = min(batch_size, len(images))
-    with compact_token_embedding(model, tokens) as compact_tokens:
-        history = _run_epochs(model, images, compact_tokens, owner, epochs, batch_size, lr,
-                              seed, progress)
+    every = tokens if object_tokens is None else torch.cat([tokens, object_tokens])
+    with compact_token_embedding(model, every) as compact:
+        captions, objects = compact[:len(tokens)], compact[len(tokens):]
+        history = _run_epochs(model, images, captions, owner, epochs, batch_size, lr,
+                              seed, progress, objects if object_rate > 0 else None,
+                              object_rate)
     model.eval()
     return history
 
 
 def _run_epochs(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
                 owner: torch.Tensor, epochs: int, batch_size: int, lr: float, seed: int,
-                progress: bool) -> list[float]:
+                progress: bool, object_tokens: torch.Tensor | None = None,
+                object_rate: float = 0.0) -> list[float]:
     n = len(images)
     steps_per_epoch = max(1, n // batch_size)
     total = steps_per_epoch * epochs
@@ -164,6 +194,9 @@ def _run_epochs(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tens
             idx = perm[step * batch_size:(step + 1) * batch_size]
             pick = starts[idx] + (torch.rand(len(idx), generator=gen) * counts[idx]).long()
             text = tokens[order_by_owner[pick]]
+            if object_tokens is not None:
+                plain = torch.rand(len(idx), generator=gen) < object_rate
+                text = torch.where(plain[:, None], object_tokens[idx], text)
             loss = clip_loss(model.encode_image(images[idx], normalize=True),
                              model.encode_text(text, normalize=True), model.logit_scale)
             optimizer.zero_grad(set_to_none=True)
@@ -250,8 +283,10 @@ def train_tiny_clip(config: Config, force: bool = False, progress: bool = True
     start = time.perf_counter()
     images = load_images(train, bundle, progress)
     tokens, owner = tokenize_captions(train, bundle)
+    objects = bundle.tokenizer(object_texts(train, paths.instances_json))
     losses = train_contrastive(bundle.model, images, tokens, owner, demo.clip_epochs,
-                               demo.clip_batch_size, demo.clip_lr, demo.seed, progress)
+                               demo.clip_batch_size, demo.clip_lr, demo.seed, progress,
+                               objects, demo.clip_object_text_rate)
     train_seconds = time.perf_counter() - start
     save_clip_weights(bundle.model, spec.output)
 
