@@ -11,6 +11,7 @@ import typer
 from cluster.activation_prototypes import NoBankDump, cluster_activations
 from cluster.feature_prototypes import cluster_features
 from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
+from shared.manifest import StaleInputError
 from shared.output_lock import output_lock
 from shared.stages import cluster_activations_stage, prototypes_dir
 
@@ -50,7 +51,8 @@ def activations(config: ConfigOption, set_: SetOption = None, force: ForceOption
 @app.command("all")
 @one_line_errors
 def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
-    """features, then activations when a bank dump exists (else a note, exit status 0)."""
+    """features, then activations when a current bank dump exists (else a note, exit status
+    0: in `make all` training runs after this and rebuilds a stale dump)."""
     cfg = load(config, set_)
     with output_lock(prototypes_dir(cfg), "cluster features"):
         lines = cluster_features(cfg, force=force)
@@ -61,6 +63,8 @@ def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = F
             lines = cluster_activations(cfg, force=force)
     except NoBankDump as err:
         lines = [f"cluster activations: skipped: {err}"]
+    except StaleInputError as err:
+        lines = [f"cluster activations: skipped until training has run again: {err}"]
     for line in lines:
         typer.echo(line)
 

@@ -98,8 +98,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[str
     root = tmp_path_factory.mktemp("demo_run")
     sets = [*demo_overrides(root / "demo"), f"data.run_root={json.dumps(str(root / 'runs'))}",
             f"clip.pretrained={json.dumps(str(root / 'demo' / 'tiny_clip.pt'))}",
-            "demo.n_train=240", "demo.n_val=30", "demo.n_test=30", "demo.clip_epochs=12",
-            "demo.clip_batch_size=16", "demo.clip_object_text_rate=0.0",
+            "demo.n_train=240", "demo.n_val=30", "demo.n_test=30", "demo.clip_epochs=30",
+            "demo.clip_batch_size=16",
             "clip.num_workers=0", "store.rows_per_chunk=16", "fsgr.epochs=2",
             "fsgr.concept_min_count=2"]
     config = load_config(DEMO_CONFIG, sets)
