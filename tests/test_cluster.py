@@ -333,3 +333,19 @@ def test_cli_activations_without_banks(tmp_path: Path) -> None:
     assert everything.exit_code == 0, everything.output
     assert "cluster features: 6 prototypes" in everything.output
     assert "cluster activations: skipped: activation prototypes come after" in everything.output
+
+
+def test_cli_all_skips_a_stale_bank_dump(tmp_path: Path) -> None:
+    """`make all` runs `cluster all` before `train`: banks dumped by a run of another config
+    are skipped (training rebuilds them next), while `cluster activations` alone refuses."""
+    config, sets, _ = fake_caches(tmp_path)
+    write_bank_dump(config)
+    sets = [*sets, "train.max_epochs=3"]  # the banks come from a run with another schedule
+    args = ["--config", str(DEMO_CONFIG), *[a for s in sets for a in ("--set", s)]]
+    alone = CliRunner().invoke(app, ["activations", *args])
+    assert alone.exit_code == 2 and "its input train.banks" in alone.output \
+        and "is stale" in alone.output
+    everything = CliRunner().invoke(app, ["all", *args])
+    assert everything.exit_code == 0, everything.output
+    assert "cluster activations: skipped until training has run again: " in everything.output
+    assert not cluster_activations_stage(config).output.exists()
