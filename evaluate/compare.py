@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,16 +272,24 @@ def checked_per_image(run: Run, names: dict[str, str]) -> PerImage | None:
     if not path.is_file():
         return None
     values = read_per_image(path)
-    for metric, name in names.items():
-        recorded = run.metrics.get(name)
-        if recorded is None or not values.has(metric):
+    require_reproduced(path, run, values, names.items(), run.metrics)
+    return values
+
+
+def require_reproduced(path: Path, run: Run, values: PerImage,
+                       metrics: Iterable[tuple[str, str]], recorded: dict[str, float],
+                       scope: str = "") -> None:
+    """Refuse (one line) per-image values whose corpus `metrics` ((bootstrap metric, metric
+    name) pairs) differ from the `recorded` ones of `run` (`scope`: e.g. " on subset x")."""
+    for metric, name in metrics:
+        value = recorded.get(name)
+        if value is None or not values.has(metric):
             continue
         recomputed = corpus_value(metric, values)
-        if not _reproduces(recomputed, recorded):
-            raise ValueError(f"{path} does not reproduce {run.path.name}'s {name} "
-                             f"({recomputed!r} != {recorded!r}): re-run `python -m evaluate "
+        if not _reproduces(recomputed, value):
+            raise ValueError(f"{path} does not reproduce {run.path.name}'s {name}{scope} "
+                             f"({recomputed!r} != {value!r}): re-run `python -m evaluate "
                              "score --force` for it")
-    return values
 
 
 def _reproduces(recomputed: float, recorded: float) -> bool:
@@ -314,28 +322,47 @@ def bootstrap_intervals(variants: list[Variant], settings: BootstrapSettings) ->
     names = chair_names(variants)
     pooled, notes = pooled_values(variants, names)
     result = Intervals(notes=notes)
-    baseline = variants[0].label
-    if baseline not in pooled or len(variants) < 2:
+    if len(variants) < 2:
         return result
-    base = pooled[baseline]
+    return differences_from_baseline(variants, pooled, METRICS, names, settings, result)
+
+
+def differences_from_baseline(variants: list[Variant], values: dict[str, PerImage],
+                              candidates: Iterable[str], names: dict[str, str],
+                              settings: BootstrapSettings, result: Intervals,
+                              subset: str = "") -> Intervals:
+    """Fill `result` with the paired-bootstrap differences of `candidates` (bootstrap metric
+    names) of every variant in `values` (label -> per-image values) from the first variant's,
+    and a note for each that scored other images (`subset`: the subset they are restricted
+    to, named in the notes)."""
+    scope = f" on subset {subset}" if subset else ""
+    baseline = variants[0].label
+    if baseline not in values:
+        return result
+    base = values[baseline]
     result.images = len(base.image_ids)
     if result.images < 2:
-        result.notes.append("no intervals: a bootstrap over images needs at least 2 images")
+        result.notes.append(f"no intervals{scope}: a bootstrap over images needs at least 2 "
+                            "images")
         return result
-    metrics = [m for m in METRICS if base.has(m)]
+    metrics = [m for m in candidates if base.has(m)]
     result.metrics = [names[m] for m in metrics]
     for variant in variants[1:]:
-        values = pooled.get(variant.label)
-        if values is None:
+        other = values.get(variant.label)
+        if other is None:
             continue
-        if not _same_ids(values, base):
-            result.notes.append(f"no interval for {variant.label}: it scored other images than "
-                                f"{baseline} ({len(values.image_ids)} vs {result.images})")
+        if not _same_ids(other, base):
+            common = len(np.intersect1d(other.image_ids, base.image_ids))
+            what = f"its {subset} images are not {baseline}'s" if subset else \
+                f"it scored other images than {baseline}"
+            result.notes.append(f"no interval for {variant.label}{scope}: {what} "
+                                f"({len(other.image_ids)} vs {result.images}, {common} in "
+                                "common)")
             continue
         result.differences[variant.label] = {
-            names[m]: paired_difference(m, base, values, settings.resamples, settings.seed,
+            names[m]: paired_difference(m, base, other, settings.resamples, settings.seed,
                                         settings.confidence)
-            for m in metrics if values.has(m)}
+            for m in metrics if other.has(m)}
     return result
 
 
@@ -462,15 +489,8 @@ def checked_subset(run: Run, name: str, values: PerImage, ids: np.ndarray,
         raise ValueError(f"{path} puts {len(ids)} images in subset {name}, {run.path.name} "
                          f"says {recorded_images}: re-run `python -m evaluate score --force` "
                          "for it")
-    for metric in SUBSET_METRICS:
-        recorded = entry["metrics"].get(names[metric])
-        if recorded is None or not subset.has(metric):
-            continue
-        recomputed = corpus_value(metric, subset)
-        if not _reproduces(recomputed, recorded):
-            raise ValueError(f"{path} does not reproduce {run.path.name}'s {names[metric]} on "
-                             f"subset {name} ({recomputed!r} != {recorded!r}): re-run "
-                             "`python -m evaluate score --force` for it")
+    require_reproduced(path, run, subset, ((m, names[m]) for m in SUBSET_METRICS),
+                       entry["metrics"], f" on subset {name}")
     return subset
 
 
@@ -505,32 +525,8 @@ def subset_intervals(variants: list[Variant], name: str, settings: BootstrapSett
             result.notes.append(f"no interval for {variant.label} on subset {name}: {why}")
         else:
             values[variant.label] = found
-    baseline = variants[0].label
-    if baseline not in values:
-        return result
-    base = values[baseline]
-    result.images = len(base.image_ids)
-    if result.images < 2:
-        result.notes.append(f"no intervals on subset {name}: a bootstrap over images needs at "
-                            "least 2 images")
-        return result
-    metrics = [m for m in SUBSET_METRICS if base.has(m)]
-    result.metrics = [names[m] for m in metrics]
-    for variant in variants[1:]:
-        other = values.get(variant.label)
-        if other is None:
-            continue
-        if not _same_ids(other, base):
-            common = len(np.intersect1d(other.image_ids, base.image_ids))
-            result.notes.append(f"no interval for {variant.label} on subset {name}: its {name} "
-                                f"images are not {baseline}'s ({len(other.image_ids)} vs "
-                                f"{result.images}, {common} in common)")
-            continue
-        result.differences[variant.label] = {
-            names[m]: paired_difference(m, base, other, settings.resamples, settings.seed,
-                                        settings.confidence)
-            for m in metrics if other.has(m)}
-    return result
+    return differences_from_baseline(variants, values, SUBSET_METRICS, names, settings, result,
+                                     subset=name)
 
 
 def subset_comparisons(variants: list[Variant], settings: BootstrapSettings
