@@ -387,7 +387,8 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str
     return options[int(rng.integers(len(options)))]
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """"a" or "an" before `word`."""
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -403,7 +404,7 @@ def _phrase(obj: SceneObject, rng: np.random.Generator, synonym_rate: float,
     noun = _noun(obj, rng, synonym_rate)
     use_size = bool(rng.random() < 0.5) if size is None else size
     words = ([_pick(rng, _SIZE_WORDS[obj.size])] if use_size else []) + [obj.color, noun]
-    return f"{_article(words[0])} {' '.join(words)}"
+    return f"{article(words[0])} {' '.join(words)}"
 
 
 def _where(obj: SceneObject, rng: np.random.Generator) -> str:
@@ -417,7 +418,8 @@ def _relation(a: SceneObject, b: SceneObject) -> str:
     return "above" if ay < by else "below"
 
 
-def _join(parts: list[str]) -> str:
+def join_phrases(parts: list[str]) -> str:
+    """"x", "x and y", "x, y and z"."""
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
@@ -442,18 +444,18 @@ def _templates(scene: Scene, rng: np.random.Generator, rate: float) -> list[str]
         return out
     first, *rest = objs
     out += [
-        _join([f"{_phrase(o, rng, rate, False)} {_where(o, rng)}" for o in objs]),
-        f"{count} shapes: " + _join([_phrase(o, rng, rate) for o in objs]),
+        join_phrases([f"{_phrase(o, rng, rate, False)} {_where(o, rng)}" for o in objs]),
+        f"{count} shapes: " + join_phrases([_phrase(o, rng, rate) for o in objs]),
         f"there is {_phrase(first, rng, rate)} next to "
-        + _join([_phrase(o, rng, rate) for o in rest]),
+        + join_phrases([_phrase(o, rng, rate) for o in rest]),
         f"{_phrase(first, rng, rate, False)} {_relation(first, rest[0])} "
         f"{_phrase(rest[0], rng, rate, False)}"
         + ("" if n == 2 else f" and {_phrase(rest[1], rng, rate, False)} "
                              f"{_where(rest[1], rng)}"),
         f"{count} objects on a {bg} background: "
-        + _join([_phrase(o, rng, rate, False) for o in objs]),
-        _join([f"{_where(o, rng)} is {_phrase(o, rng, rate, False)}" for o in objs]),
-        f"{count} colorful shapes including " + _join([_phrase(o, rng, rate) for o in objs]),
+        + join_phrases([_phrase(o, rng, rate, False) for o in objs]),
+        join_phrases([f"{_where(o, rng)} is {_phrase(o, rng, rate, False)}" for o in objs]),
+        f"{count} colorful shapes including " + join_phrases([_phrase(o, rng, rate) for o in objs]),
     ]
     return out
 
@@ -540,10 +542,10 @@ def prior_statistics(prior: ScenePrior, scenes: list[tuple[str, Scene]],
     """Per pair, over train+restval scenes: scenes with a member, and the share of them that
     also hold its partner; plus the test subset sizes."""
     pairs = {}
-    training = [scene for split, scene in scenes if split in ("train", "restval")]
+    holding = [{o.category for o in scene.objects} for split, scene in scenes
+               if split in ("train", "restval")]
     for a, b in prior.pairs:
         for member, partner in ((a, b), (b, a)):
-            holding = [{o.category for o in s.objects} for s in training]
             with_member = [cats for cats in holding if member in cats]
             paired = sum(partner in cats for cats in with_member)
             pairs[f"{partner} | {member}"] = {

@@ -14,7 +14,6 @@ user's own checkpoint would be, to measure image<->text recall on the demo test 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from shared.clip_model import (ClipBundle, create_clip, is_checkpoint_path, repo_model_config,
                                save_clip_weights)
 from shared.config import Config, ConfigError
-from shared.datasets.demo_scenes import DemoPaths
+from shared.datasets.demo_scenes import DemoPaths, article, join_phrases, load_instances
 from shared.images import load_rgb
 from shared.karpathy import ImageRecord, load_karpathy, split_records
 from shared.manifest import StageSpec, decide, remove_manifest, write_json_atomic, write_manifest
@@ -72,19 +71,16 @@ def load_images(records: list[ImageRecord], bundle: ClipBundle, progress: bool =
 
 def object_texts(records: list[ImageRecord], instances_json: str | Path) -> list[str]:
     """Per record, its objects' category names as one short text: 'a star and a heart'."""
-    data = json.loads(Path(instances_json).read_text())
+    data = load_instances(instances_json)
     names = {c["id"]: c["name"] for c in data["categories"]}
     held: dict[int, list[str]] = {}
     for ann in data["annotations"]:
         held.setdefault(int(ann["image_id"]), []).append(names[ann["category_id"]])
     texts = []
     for record in records:
-        phrases = [f"{'an' if n[0] in 'aeiou' else 'a'} {n}" for n in held.get(record.image_id,
-                                                                             [])]
-        if not phrases:
+        if not held.get(record.image_id):
             raise ValueError(f"{instances_json}: image {record.image_id} has no objects")
-        texts.append(phrases[0] if len(phrases) == 1
-                     else ", ".join(phrases[:-1]) + " and " + phrases[-1])
+        texts.append(join_phrases([f"{article(n)} {n}" for n in held[record.image_id]]))
     return texts
 
 
