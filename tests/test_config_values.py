@@ -186,7 +186,7 @@ def test_require_paths_names_the_missing_file(tmp_path: Path) -> None:
     (tmp_path / "d.json").write_text("{}")
     sets = [f"data.karpathy_json={json.dumps(str(tmp_path / 'd.json'))}",
             f"data.image_root={json.dumps(str(tmp_path / 'images'))}",
-            "data.captions_json=[]", "data.instances_json=[]"]
+            "data.captions_json=[]", "data.instances_json=[]", "eval.subsets={}"]
     require_paths(load_config(DEMO_CONFIG, sets))  # the optional empty paths are skipped
     absent = json.dumps(str(tmp_path / "i.json"))
     missing = load_config(DEMO_CONFIG, [*sets, f"data.instances_json=[{absent}]"])

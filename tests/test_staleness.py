@@ -40,9 +40,10 @@ def _data_files(root: Path) -> list[str]:
     files = {"data.karpathy_json": "dataset.json", "clip.pretrained": "clip.pt"}
     for key, name in files.items():
         (root / name).write_text(json.dumps({"file": name}))
-    for name in ("captions.json", "instances.json"):
+    for name in ("captions.json", "instances.json", "in_prior.json"):
         (root / name).write_text(json.dumps({"file": name}))
     return [*(f"{key}={json.dumps(str(root / name))}" for key, name in files.items()),
+            f"eval.subsets={{in_prior={json.dumps(str(root / 'in_prior.json'))}}}",
             f"data.captions_json=[{json.dumps(str(root / 'captions.json'))}]",
             f"data.instances_json=[{json.dumps(str(root / 'instances.json'))}]",
             f"data.image_root={json.dumps(str(root))}"]
