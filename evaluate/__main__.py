@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from evaluate.caption_images import ImageCaptioner
+from evaluate.captioner import Captioner
 from evaluate.compare import BootstrapSettings, compare_runs
 from evaluate.paired_bootstrap import MIN_RESAMPLES
 from evaluate.report_inputs import build_report
@@ -65,16 +65,16 @@ def caption(images: Annotated[list[Path], typer.Argument(
 
     Unreadable files are reported on stderr; exit status 3 when there were any.
     """
-    captioner = ImageCaptioner(load(config, set_))
+    captioner = Captioner(load(config, set_))
     results, failed = [], 0
-    for result in captioner.caption(images, batch_size=batch_size):
+    for result in captioner.iter_captions(images, batch_size=batch_size):
         if result.error is not None:
             failed += 1
-            typer.echo(f"unreadable: {result.path}: {result.error}", err=True)
+            typer.echo(f"unreadable: {result.source}: {result.error}", err=True)
             continue
-        results.append({"file": str(result.path), "caption": result.caption})
+        results.append({"file": str(result.source), "caption": result.text})
         if output is None:
-            typer.echo(f"{result.path}\t{result.caption}")
+            typer.echo(f"{result.source}\t{result.text}")
     if output is not None:
         write_json_atomic(output, results)
         typer.echo(f"evaluate caption: {len(results)} captions -> {output}")

@@ -19,6 +19,7 @@ from extract.vocab_stage import build_vocab
 from shared.chunked_stage import Shard
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
 from shared.output_lock import output_lock
+from shared.run_log import require_tensorboard
 from shared.stages import concepts_stage, fit_stage, vocab_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -96,6 +97,7 @@ def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = F
     names the failure list.
     """
     cfg = load(config, set_)
+    require_tensorboard(cfg.train.tensorboard)  # fit logs to it: fail before the CLIP cache
     with output_lock(vocab_stage(cfg).output, "extract vocab"):
         typer.echo(build_vocab(cfg, force=force)[1])
     for line in extract_clip(cfg, force=force).messages:

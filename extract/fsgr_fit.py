@@ -8,7 +8,8 @@ validates each epoch (val loss and greedy CIDEr-D), keeps `last.pt` / `best.pt` 
 when `last.pt` is unreadable: `shared.checkpoint_files`), and finally writes `fsgr.pt` (the
 best FSGR encoder weights + what it was fitted on) with its manifest. A `fsgr.warmup_steps`
 longer than the planned steps is a warning (stderr, the epoch record's `"warnings"`, the
-manifest summary).
+manifest summary). Each epoch's record goes to `fit_log.jsonl`, with `train.tensorboard` also
+to TensorBoard in `fsgr/tensorboard/fit/` (`shared.run_log`).
 
 The patch-concept logits use the CLIP model's own logit scale (`clip_logit_scale`, recorded by
 `extract clip`), frozen unless `fsgr.learn_logit_scale`. Each epoch also logs how often the
@@ -19,7 +20,6 @@ patches, and the codebook usage of the argmax (eval) assignment over the val ima
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -41,9 +41,9 @@ from shared.manifest import (current_state, decide, remove_manifest, require_cur
                              write_json_atomic, write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder, usage_summary
-from shared.training_schedule import (RunWarnings, drop_log_records, lr_factor,
-                                      open_resume_point, resume_state, save_atomic,
-                                      warmup_warning)
+from shared.run_log import RunLog, require_tensorboard
+from shared.training_schedule import (RunWarnings, lr_factor, open_resume_point,
+                                      resume_state, save_atomic, warmup_warning)
 from shared.validation import validation_scores
 from shared.stages import (clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage)
 from shared.vocabulary import Vocabulary
@@ -99,6 +99,7 @@ class FsgrCaptioner(nn.Module):
 
 def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list[str]:
     """Fit (or resume, or skip) the FSGR modules; returns the lines to print."""
+    require_tensorboard(config.train.tensorboard)
     spec = fit_stage(config)
     require_current(clip_stage(config), config, "python -m extract clip")
     require_current(concepts_stage(config), config, "python -m extract concepts")
@@ -157,7 +158,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
     references = {r.image_id: list(r.captions) for r in val_records}
 
     last, best = out_dir / "last.pt", out_dir / "best.pt"
-    log_path = out_dir / "fit_log.jsonl"
+    run_log = RunLog(out_dir / "fit_log.jsonl", "fit", config.train.tensorboard)
     usage_path = out_dir / USAGE_FILE
     usage_path.unlink(missing_ok=True)  # written again with fsgr.pt
     start_epoch, step, best_cider = 0, 0, -math.inf
@@ -171,9 +172,9 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
         start_epoch, step, best_cider = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_cider"]
         lines.append(f"extract fit: resuming after epoch {ckpt['epoch'] + 1}")
     if start_epoch == 0:
-        log_path.unlink(missing_ok=True)
+        run_log.start_over()
     else:  # epochs after the resume point are logged again
-        drop_log_records(log_path, lambda r: r.get("epoch", 0) > start_epoch)
+        run_log.resume(lambda r: r.get("epoch", 0) > start_epoch, step)
     generator = torch.Generator().manual_seed(config.fsgr.seed)
     weight, temperature = config.fsgr.contrastive_weight, config.fsgr.contrastive_temperature
 
@@ -239,8 +240,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
                   "gumbel_argmax_agreement": int(agree) / max(seen, 1),
                   "logit_scale": float(model.encoder.quantizer.scale.detach()),
                   **usage_summary(counts), "codebook_size": n_concepts, **warnings.take()}
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        run_log.write(record)
         is_best = metrics["val_cider"] > best_cider
         best_cider = max(best_cider, metrics["val_cider"])
         ckpt = {**resume_state(state["identity"], model, optimizer, device),
@@ -258,6 +258,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> list
                      + f"; Gumbel = argmax on {record['gumbel_argmax_agreement']:.1%} of train "
                      f"patches; val codebook usage {record['codebook_used']}/{n_concepts} "
                      f"concepts, entropy {record['codebook_entropy_bits']:.2f} bits")
+    run_log.close()
 
     best_ckpt = load_checkpoint(best, "FSGR fit checkpoint", "re-run `python -m extract fit "
                                 "--force`", keys=("model", "epoch", "val_loss", "val_cider"))

@@ -9,11 +9,26 @@
 - a path to a local checkpoint file (a state dict, loaded with `weights_only=True`); a file
   that is not a readable checkpoint, or whose tensors do not fit the model, is named in a
   one-line `CheckpointError` with the first mismatch;
+- an open_clip hub name "hf-hub:org/repo" (or "local-dir:/folder" holding the same files):
+  the repo's own `open_clip_config.json` (architecture + preprocessing) and its weights
+  (`open_clip_model.safetensors` or `open_clip_pytorch_model.bin`), loaded through open_clip's
+  hf-hub schema. `clip.model` still names the architecture (it names the tokenizer, the
+  caches and the expected shapes): it must be an open_clip model name whose config agrees
+  with the repo's (embedding width, both towers' sizes, patch and image size, tokenizer),
+  else a one-line `CheckpointError` names the first field that differs, e.g. clip.model =
+  "ViT-B-32" with pretrained = "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K". The repo's
+  config decides the activation (QuickGELU) and the image normalisation. Cache and network
+  behave as for tags: the config is checked before the weights are downloaded, and a repo
+  whose weights cannot be had fails instead of giving open_clip's silent random weights;
 - "random": random weights, the same in every process (seeded by `random_seed` without
   touching the global torch RNG). "" is refused: an unset variable must not silently give
   random weights.
 `ClipBundle.weights` records which. The demo's tiny CLIP goes through exactly the same path as
-a user's ViT-L/14.
+a user's ViT-L/14. Uncached weights without network (no route to the host, or
+`HF_HUB_OFFLINE=1`) fail at once in one line that says to download them where there is
+network, or to set `clip.pretrained` to a local checkpoint file. For the stage caches a tag or
+a hub name is a name (its value is a config key; nothing on disk is hashed), a file or a
+local-dir folder's files are inputs (`pretrained_files`).
 
 `patch_attention = "csa"` (config `clip.patch_attention`) takes the patch tokens of the last
 transformer block from correlative self-attention (SCLIP, Wang et al. 2023), computed from the
@@ -23,12 +38,13 @@ same frozen weights; see `correlative_attention`. The pooled image embedding sta
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import socket
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -36,6 +52,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from open_clip.transformer import ResidualAttentionBlock
 
 from shared.config import ConfigError
@@ -48,6 +65,17 @@ RANDOM_SEED = 0          # seed of `pretrained = "random"` weights (unless `rand
 PROBE_TIMEOUT_S = 2.0    # how long a download host may take to accept a connection
 _HF_WEIGHTS = "open_clip_pytorch_model.bin"          # open_clip.constants.HF_WEIGHTS_NAME
 _HF_SAFE_WEIGHTS = "open_clip_model.safetensors"     # open_clip.constants.HF_SAFE_WEIGHTS_NAME
+_HF_CONFIG = "open_clip_config.json"                 # open_clip.constants.HF_CONFIG_NAME
+HF_HUB_PREFIX = "hf-hub:"        # open_clip's schemas (open_clip.factory.parse_model_name)
+LOCAL_DIR_PREFIX = "local-dir:"
+# Fields of an open_clip model config that must agree between clip.model and a hub repo.
+_ARCH_FIELDS = {
+    "": ("embed_dim", "custom_text"),
+    "vision_cfg": ("image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio",
+                   "timm_model_name", "pool_type", "attentional_pool"),
+    "text_cfg": ("context_length", "vocab_size", "width", "heads", "layers", "hf_model_name",
+                 "hf_tokenizer_name"),
+}
 _registered = False
 
 
@@ -107,12 +135,31 @@ def repo_model_config(model_name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def is_schema_name(pretrained: str) -> bool:
+    """True for open_clip's "hf-hub:org/repo" and "local-dir:/folder" names."""
+    return pretrained.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX))
+
+
 def is_checkpoint_path(pretrained: str) -> bool:
-    """True when `pretrained` names a file rather than an open_clip tag or "random"."""
-    if not pretrained or pretrained == RANDOM:
+    """True when `pretrained` names a file rather than an open_clip tag, a hub name
+    ("hf-hub:..." / "local-dir:...") or "random"."""
+    if not pretrained or pretrained == RANDOM or is_schema_name(pretrained):
         return False
     return (pretrained.endswith(_CHECKPOINT_SUFFIXES) or "/" in pretrained
             or Path(pretrained).exists())
+
+
+def pretrained_files(pretrained: str) -> list[Path]:
+    """The files whose contents are the weights `pretrained` names, for cache identities:
+    the checkpoint file, or a local-dir folder's config and weights file; [] for a tag, a
+    hub name or "random" (their value is the identity)."""
+    if is_checkpoint_path(pretrained):
+        return [Path(pretrained)]
+    if not pretrained.startswith(LOCAL_DIR_PREFIX):
+        return []
+    folder = Path(pretrained[len(LOCAL_DIR_PREFIX):])
+    weights = _find_weights_in_dir(folder) if folder.is_dir() else None
+    return [folder / _HF_CONFIG, *([weights] if weights else [])]
 
 
 def create_clip(model_name: str, pretrained: str, device: str | torch.device = "cpu",
@@ -120,7 +167,8 @@ def create_clip(model_name: str, pretrained: str, device: str | torch.device = "
                 ) -> ClipBundle:
     """Build an open_clip model in eval mode, with its preprocessing and tokenizer.
 
-    `pretrained`: a tag, a checkpoint file or "random" (see the module docstring);
+    `pretrained`: a tag, a checkpoint file, "hf-hub:org/repo", "local-dir:/folder" or
+    "random" (see the module docstring);
     `random_seed` only matters for "random". `patch_attention` ("standard" | "csa", config
     `clip.patch_attention`) is what `encode_images` computes the patch tokens with; "csa" is
     checked against the model here.
@@ -134,10 +182,14 @@ def create_clip(model_name: str, pretrained: str, device: str | torch.device = "
                           "random weights")
     register_model_configs()
     if model_name not in open_clip.list_models():
+        hint = (f"; clip.model names the architecture (e.g. 'ViT-B-32'), a hub name goes in "
+                f"clip.pretrained" if is_schema_name(model_name) else "")
         raise CheckpointError(f"unknown CLIP model '{model_name}' (clip.model); see "
-                              f"open_clip.list_models() or {MODEL_CONFIG_DIR}")
+                              f"open_clip.list_models() or {MODEL_CONFIG_DIR}{hint}")
     if pretrained == RANDOM:
         model, preprocess = _random_model(model_name, device, random_seed)
+    elif is_schema_name(pretrained):
+        model, preprocess = _model_from_hub(model_name, pretrained, device)
     elif is_checkpoint_path(pretrained):
         model, preprocess = _model_from_file(model_name, Path(pretrained), device)
     else:
@@ -277,11 +329,14 @@ def _model_from_tag(model_name: str, tag: str, device: str | torch.device
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
         raise CheckpointError(
             f"clip.pretrained '{tag}' is neither a file nor a pretrained tag of clip.model "
-            f"'{model_name}' (its tags: {tags}); use a tag, a local checkpoint path or "
-            '"random"')
+            f"'{model_name}' (its tags: {tags}); use a tag, an \"hf-hub:org/repo\" name, a local "
+            'checkpoint path or "random"')
     cached = weights_cached(cfg)
     if not cached:
-        _check_download_possible(model_name, tag, cfg)
+        _check_download_possible(
+            f"CLIP weights '{tag}' for {model_name} (clip.pretrained)",
+            f"open_clip.create_model('{model_name}', pretrained='{tag}')", download_url(cfg),
+            hf=_hf_source(cfg) is not None)
     try:
         with hub_offline(cached):  # the tag's activation: OpenAI's weights need QuickGELU
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -346,20 +401,193 @@ def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str:
         return str(err) or type(err).__name__
 
 
-def _check_download_possible(model_name: str, tag: str, cfg: dict[str, Any]) -> None:
-    """Fail at once when uncached weights cannot be downloaded (offline mode, no route)."""
+def _check_download_possible(what: str, create_call: str, url: str, hf: bool,
+                             alternative: str = "a local checkpoint file") -> None:
+    """Fail at once, in one line, when uncached weights cannot be downloaded (HF offline mode,
+    no route to the host). `what` names the weights, `create_call` fills the cache."""
     from huggingface_hub import constants
-    url = download_url(cfg)
-    advice = (f"download them where there is network (open_clip.create_model('{model_name}', "
-              f"pretrained='{tag}') fills ~/.cache/huggingface) and copy the cache here, or set "
-              "clip.pretrained to a local checkpoint file")
-    what = f"CLIP weights '{tag}' for {model_name} (clip.pretrained) are not in the local cache"
-    if _hf_source(cfg) is not None and constants.HF_HUB_OFFLINE:
+    advice = (f"download them where there is network ({create_call} fills ~/.cache/huggingface)"
+              f" and copy the cache here, or set clip.pretrained to {alternative}")
+    what = f"{what} are not in the local cache"
+    if hf and constants.HF_HUB_OFFLINE:
         raise CheckpointError(f"{what} and HF_HUB_OFFLINE is set: {advice}")
     reason = unreachable(url) if url else "no download address"
     if reason:
         raise CheckpointError(f"{what} and {urlparse(url).netloc or url} cannot be reached "
                               f"({reason}): {advice}")
+
+
+# ----------------------------------------------------------------------------- hub names
+
+
+def _model_from_hub(model_name: str, pretrained: str, device: str | torch.device
+                    ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
+    """"hf-hub:org/repo" / "local-dir:/folder": the repo's config is checked against
+    `model_name`, its weights are made local (cache, else download), then open_clip loads
+    both through its own schema, without network."""
+    schema, _, ident = pretrained.partition(":")
+    if not ident.strip():
+        raise CheckpointError(f"clip.pretrained '{pretrained}' names no "
+                              f"{'hub repo' if schema == 'hf-hub' else 'folder'}")
+    if schema == "hf-hub":
+        _check_repo_id(pretrained, ident)
+        cached = _hub_cached(ident)
+        if not cached:
+            from huggingface_hub import constants
+            _check_download_possible(
+                f"CLIP weights '{pretrained}' (clip.pretrained)",
+                f"open_clip.create_model('{pretrained}')", constants.ENDPOINT, hf=True,
+                alternative="a local checkpoint file or 'local-dir:<folder>' holding the "
+                            "repo's files")
+        with hub_offline(cached):
+            config_file = _hub_download(pretrained, ident, _HF_CONFIG)
+            check_hub_architecture(model_name, pretrained, config_file)
+            weights_file = _hub_download(pretrained, ident, None)
+    else:
+        config_file, weights_file = _local_dir_files(pretrained, Path(ident))
+        check_hub_architecture(model_name, pretrained, config_file)
+    try:
+        with hub_offline(True):  # everything is local by now
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                pretrained, device=device, weights_only=True)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - open_clip fails in many ways on bad files
+        raise CheckpointError(_hub_weights_problem(model_name, pretrained, weights_file, err)
+                              ) from None
+    return model, preprocess
+
+
+def _check_repo_id(pretrained: str, repo_id: str) -> None:
+    """One line when `repo_id` is not a Hugging Face repo id ("org/repo")."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise CheckpointError(f"clip.pretrained '{pretrained}' does not name a hub repo "
+                              f"(\"hf-hub:org/repo\"){_reason(err)}") from None
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether a hub repo's open_clip config and weights are both in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo_id, name), str)
+    return cached(_HF_CONFIG) and (cached(_HF_SAFE_WEIGHTS) or cached(_HF_WEIGHTS))
+
+
+def _hub_download(pretrained: str, repo_id: str, filename: str | None) -> Path:
+    """A file of the repo (None: its weights, safetensors first) from the cache or the hub,
+    as open_clip fetches it."""
+    from open_clip.pretrained import download_pretrained_from_hf
+    try:
+        return Path(download_pretrained_from_hf(repo_id, filename=filename))
+    except Exception as err:  # noqa: BLE001 - missing repo / file, HTTP errors
+        what = filename or f"weights ({_HF_SAFE_WEIGHTS} or {_HF_WEIGHTS})"
+        raise CheckpointError(f"could not get the {what} of clip.pretrained '{pretrained}': "
+                              f"{_hub_error(err)}") from None
+
+
+def _hub_error(err: BaseException) -> str:
+    """What went wrong in a hub download, in a few words (open_clip wraps the hub's error)."""
+    from huggingface_hub import errors
+    cause = err.__cause__ or err.__context__ or err
+    if isinstance(cause, errors.GatedRepoError):
+        return "the repo is gated: log in (hf auth login) and accept its terms on the hub"
+    if isinstance(cause, errors.RepositoryNotFoundError):
+        return "no such repo on the hub (or it is private)"
+    if isinstance(cause, errors.RevisionNotFoundError):
+        return "the hub has no such revision"
+    if isinstance(cause, errors.LocalEntryNotFoundError):
+        return "the hub cannot be reached and it is not in the local cache"
+    if isinstance(cause, errors.EntryNotFoundError):
+        return "the repo has no such file"
+    return _first_line(cause)[:160]
+
+
+def _find_weights_in_dir(folder: Path) -> Path | None:
+    """The weights file open_clip's local-dir schema picks in `folder` (None if none)."""
+    from open_clip.factory import _find_checkpoint_in_dir
+    found = _find_checkpoint_in_dir(folder)
+    return Path(found) if found else None
+
+
+def _local_dir_files(pretrained: str, folder: Path) -> tuple[Path, Path]:
+    """(config, weights) of a local-dir folder; one line naming what is missing."""
+    if not folder.is_dir():
+        raise CheckpointError(f"CLIP folder not found: {folder} (clip.pretrained "
+                              f"'{pretrained}')")
+    config_file = folder / _HF_CONFIG
+    if not config_file.is_file():
+        raise CheckpointError(f"CLIP folder {folder} (clip.pretrained) has no {_HF_CONFIG}")
+    weights = _find_weights_in_dir(folder)
+    if weights is None:
+        raise CheckpointError(f"CLIP folder {folder} (clip.pretrained) has no weights file "
+                              f"({_HF_SAFE_WEIGHTS} or {_HF_WEIGHTS})")
+    return config_file, weights
+
+
+def hub_model_config(pretrained: str, config_file: Path) -> dict[str, Any]:
+    """The `model_cfg` of a hub repo's open_clip_config.json."""
+    try:
+        loaded = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{_HF_CONFIG} of clip.pretrained '{pretrained}' is not readable "
+                              f"JSON{_reason(err)}") from None
+    cfg = loaded.get("model_cfg") if isinstance(loaded, dict) else None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{_HF_CONFIG} of clip.pretrained '{pretrained}' has no "
+                              "'model_cfg' table")
+    return cfg
+
+
+def architecture_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    """'' when two open_clip model configs agree on `_ARCH_FIELDS` (open_clip's defaults
+    filling what a config leaves out); else 'field is X in the repo's config but Y ...'."""
+    defaults = {"": {"custom_text": False}, "vision_cfg": asdict(CLIPVisionCfg()),
+                "text_cfg": asdict(CLIPTextCfg())}
+
+    def value(cfg: dict[str, Any], section: str, field: str) -> Any:
+        table = cfg if not section else (cfg.get(section) or {})
+        got = table.get(field, defaults[section].get(field))
+        if field in ("image_size", "patch_size") and isinstance(got, int):
+            return [got, got]
+        return list(got) if isinstance(got, tuple) else got
+
+    for section, fields in _ARCH_FIELDS.items():
+        for field in fields:
+            want, have = value(expected, section, field), value(found, section, field)
+            if want != have:
+                name = f"{section}.{field}" if section else field
+                return f"{name} is {have!r} in the repo's config but {want!r} in clip.model"
+    return ""
+
+
+def check_hub_architecture(model_name: str, pretrained: str, config_file: Path) -> None:
+    """One line naming both when the repo's architecture is not `model_name`'s."""
+    mismatch = architecture_mismatch(open_clip.get_model_config(model_name) or {},
+                                     hub_model_config(pretrained, config_file))
+    if mismatch:
+        raise CheckpointError(f"clip.pretrained '{pretrained}' is not a '{model_name}' "
+                              f"(clip.model): {mismatch}; set clip.model to the repo's "
+                              "architecture")
+
+
+def _hub_weights_problem(model_name: str, pretrained: str, weights: Path,
+                         err: Exception) -> str:
+    """One line on why a hub repo's weights did not load into `model_name`."""
+    try:
+        mismatch = state_dict_mismatch(read_state_dict(weights), expected_shapes(model_name))
+    except CheckpointError as unreadable:  # names the file and what is wrong with it
+        return str(unreadable)
+    except Exception:  # noqa: BLE001 - a tower that cannot be built on the meta device
+        mismatch = ""
+    if mismatch:
+        return (f"CLIP weights of clip.pretrained '{pretrained}' ({weights}) do not fit "
+                f"clip.model '{model_name}': {mismatch}")
+    return (f"could not load CLIP weights '{pretrained}' into '{model_name}' "
+            f"(clip.pretrained): {_first_line(err)}")
 
 
 @contextlib.contextmanager

@@ -179,6 +179,7 @@ class TrainConfig:
     seed: int = 0
     shuffle_buffer: int = 2048
     precision: str = "auto"
+    tensorboard: bool = False   # also write log records as TensorBoard scalars (extra `tensorboard`)
 
 
 @dataclass
@@ -256,7 +257,8 @@ class Config:
             if "." in dotted:
                 out[dotted] = val
             else:
-                out.update({f"{dotted}.{k}": v for k, v in val.items()})
+                out.update({f"{dotted}.{k}": v for k, v in val.items()
+                            if f"{dotted}.{k}" not in LOGGING_KEYS})
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -355,21 +357,49 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a TOML config file and apply `section.key=value` overrides, validating both."""
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "run_configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the run configs shipped with the package (`--config coco`)."""
+    return sorted(p.stem for p in SHIPPED_CONFIG_DIR.glob("*.toml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """An existing file as given, else a shipped config's name (`coco`, `coco.toml`)."""
     path = Path(path)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    shipped = SHIPPED_CONFIG_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {path} (a path, or a shipped config: "
+                      f"{', '.join(shipped_configs())})")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a TOML config file (or a shipped config by name) and apply `section.key=value`
+    overrides, validating both."""
+    path = resolve_config_path(path)
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return config_from_dict(raw, str(path), overrides)
+
+
+def config_from_dict(raw: dict[str, Any], origin: str,
+                     overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A config from `{section: {key: value}}` (a TOML file's tables, `Config.to_dict()`)
+    plus `section.key=value` overrides, validated; `origin` names the source in errors."""
     config = Config()
     for section, table in raw.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: top-level key '{section}' must be a [section]")
+            raise ConfigError(f"{origin}: top-level key '{section}' must be a [section]")
         for key, value in table.items():
-            _apply(config, section, key, value, str(path))
+            _apply(config, section, key, value, origin)
     for text in overrides:
         section, key, value = parse_override(text)
         _apply(config, section, key, value, "--set")
@@ -486,6 +516,8 @@ def _template() -> Rule:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Keys that change how a run is logged, not what it computes: left out of stage identities.
+LOGGING_KEYS = frozenset({"train.tensorboard"})
 DEVICES = ("auto", "cpu", "cuda")
 BIG = 10**9          # cap of counts that scale memory or time linearly (points, steps, keys)
 BATCH = 100_000      # cap of batch sizes
@@ -521,8 +553,8 @@ RULES: dict[str, Rule] = {
     "demo.counter_prior_fraction": _non_negative(1.0),
     "demo.synonym_rate": _non_negative(1.0),
     "clip.model": _text(),
-    "clip.pretrained": Rule('a hub tag such as "openai", a local checkpoint file, or "random" '
-                            "(random weights)", _is_path),
+    "clip.pretrained": Rule('a hub tag such as "openai", an open_clip "hf-hub:org/repo" name, a '
+                            'local checkpoint file, or "random" (random weights)', _is_path),
     "clip.batch_size": _integer(1, BATCH),
     "clip.num_workers": _integer(0, 1024),
     "clip.device": _one_of(*DEVICES),
@@ -586,6 +618,7 @@ RULES: dict[str, Rule] = {
     "train.seed": _seed(),
     "train.shuffle_buffer": _integer(0, 100_000_000),
     "train.precision": _one_of(*PRECISIONS),
+    "train.tensorboard": _flag(),
     "scst.enabled": _flag(),
     "scst.init_checkpoint": _path("file", optional=True),
     "scst.candidates": _one_of("sample", "beam"),

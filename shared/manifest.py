@@ -23,6 +23,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -209,8 +210,14 @@ def decide(spec: StageSpec, config: Config, force: bool = False) -> Decision:
 
 
 def code_version() -> str:
-    """Git commit of the code (with '+dirty' when modified), or 'unknown'."""
+    """Git commit of the code (with '+dirty' when modified) in a checkout; the installed
+    distribution's version (`fsgr-pma <version>`) elsewhere; else 'unknown'."""
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # installed: never ask git about whatever holds the venv
+        try:
+            return f"fsgr-pma {metadata.version('fsgr-pma')}"
+        except metadata.PackageNotFoundError:
+            return "unknown"
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                              capture_output=True, check=True).stdout.strip()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.clip_model import is_checkpoint_path, repo_model_config
+from shared.clip_model import pretrained_files, repo_model_config
 from shared.config import Config
 from shared.feature_store import store_path
 from shared.manifest import StageSpec
@@ -63,8 +63,9 @@ def vocab_stage(config: Config) -> StageSpec:
 
 
 def _checkpoint_inputs(config: Config) -> list[Path]:
-    """The CLIP weights file and the repo's model config JSON, where they are files."""
-    inputs = [Path(config.clip.pretrained)] if is_checkpoint_path(config.clip.pretrained) else []
+    """The CLIP weights file(s) and the repo's model config JSON, where they are files (a
+    tag or an "hf-hub:" name is an identity by its value, a config key)."""
+    inputs = pretrained_files(config.clip.pretrained)
     model_json = repo_model_config(config.clip.model)
     return inputs + ([model_json] if model_json else [])
 
@@ -143,6 +144,15 @@ def cluster_activations_stage(config: Config) -> StageSpec:
 
 TRAIN_KEYS = ["decoder", "memory", "train", "cluster.n_iter", "cluster.seed",
               "data.max_caption_words", "eval.max_length"]
+
+
+def run_config_path(config: Config) -> Path:
+    """`<experiment>/run_config.json`: {"config": the run's config, "working_dir": the folder
+    its relative paths start at}, written by `python -m train`, read by `Captioner.from_run`."""
+    return experiment_dir(config) / RUN_CONFIG_FILE
+
+
+RUN_CONFIG_FILE = "run_config.json"
 
 
 def train_dir(config: Config) -> Path:

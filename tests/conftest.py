@@ -13,11 +13,40 @@ from PIL import Image
 
 from shared.clip_model import create_clip, save_clip_weights
 from shared.config import Config, load_config
+from tests.wheel_env import WheelEnv, start_wheel_env
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = "demo-tiny-clip"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+WHEEL_TEST_MODULE = "test_wheel_install.py"
+WHEEL_ENV = pytest.StashKey[WheelEnv]()
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Start installing the wheel in the background when its test is selected."""
+    if any(item.path.name == WHEEL_TEST_MODULE for item in items):
+        root = Path(config._tmp_path_factory.mktemp("wheel_env"))  # type: ignore[attr-defined]
+        config.stash[WHEEL_ENV] = start_wheel_env(root)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    env = config.stash.get(WHEEL_ENV, None)
+    if env is not None:
+        env.close()
+
+
+@pytest.fixture(scope="session")
+def wheel_bin(request: pytest.FixtureRequest) -> Path:
+    """`bin/` of a fresh virtualenv with the project's wheel installed (runtime deps + cpu)."""
+    env = request.config.stash.get(WHEEL_ENV, None)
+    if env is None:  # selected some other way (e.g. -k): start it now
+        env = start_wheel_env(request.config._tmp_path_factory.mktemp("wheel_env"))
+        request.config.stash[WHEEL_ENV] = env
+    return env.wait(timeout=1200)
+
 
 _WORDS = ["red", "blue", "green", "circle", "square", "star", "small", "large"]
 
@@ -111,3 +140,26 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[str
     fit_fsgr(config, progress=False)
     encode_fsgr(config, progress=False)
     return config, sets
+
+
+# A short decoder training on `demo_run` (PMA memory, XE only), enough to decode and score.
+SCORED_TRAIN_SETS = ["train.max_epochs=2", "train.batch_size=25", "train.warmup_steps=10",
+                     "memory.warmup_iterations=20", "memory.refresh_stride=15",
+                     "memory.bank_iterations=20", "memory.bank_cap=2000",
+                     "memory.n_prototypes=16", "memory.knn=4", "eval.batch_size=8",
+                     "scst.enabled=false", "eval.clipscore=true", 'train.experiment="scored"']
+
+
+@pytest.fixture(scope="session")
+def scored_run(demo_run) -> tuple[Config, list[str], list[str]]:
+    """`demo_run` with a decoder trained briefly (its own experiment folder, so no other test's
+    training touches it) and its test split decoded and scored: (config, sets, score lines)."""
+    from evaluate.score import score
+    from train.trainer import train
+
+    _, sets = demo_run
+    sets = [*sets, *SCORED_TRAIN_SETS]
+    config = load_config(DEMO_CONFIG, sets)
+    train(config, progress=False)
+    lines = score(config, progress=False)
+    return config, sets, lines

@@ -68,6 +68,7 @@ BOTH_BOOLEANS = {
     "scst.enabled": "SCST after cross-entropy or not",
     "eval.spice": "SPICE needs Java + CoreNLP; either is a valid choice",
     "eval.clipscore": "CLIPScore on or off",
+    "train.tensorboard": "TensorBoard scalars or not",
 }
 EMPTY_OK = {
     "train.experiment": "empty: outputs directly under runs/<name>/",
@@ -208,3 +209,16 @@ def test_cli_bad_value_is_one_line_exit_2() -> None:
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0] == ("error: config key 'train.batch_size' must be an integer in "
                         "1..100000, got 0")
+
+
+def test_config_by_shipped_name_or_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: names resolve to the package's
+    assert load_config("demo").data.kind == "demo"
+    assert load_config("coco.toml").data.name == "coco"
+    (tmp_path / "demo").write_text('[data]\nname = "mine"\n')  # an existing file wins
+    assert load_config("demo").data.name == "mine"
+    with pytest.raises(ConfigError, match=r"^config file not found: imagenet \(a path, or a "
+                                          r"shipped config: coco, demo, flickr30k\)$"):
+        load_config("imagenet")
+    with pytest.raises(ConfigError, match=r"^config file not found: sub/demo.toml$"):
+        load_config("sub/demo.toml")

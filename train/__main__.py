@@ -7,21 +7,25 @@ when it was started with the same config, and is skipped when its output is up t
 `torchrun --nproc_per_node N -m train --config PATH`.
 
 The run holds the lock on `<experiment>/train/` (`shared.output_lock`; rank 0 under torchrun),
-so a second `train` of the same experiment stops at once with exit status 2.
+so a second `train` of the same experiment stops at once with exit status 2. Holding it, rank 0
+records the run's config and the folder it was started from in `<experiment>/run_config.json`
+(what `Captioner.from_run` loads the run from), unless the run's inputs are stale.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
 from shared.config import Config
+from shared.manifest import first_stale_upstream, write_json_atomic
 from shared.output_lock import output_lock
-from shared.stages import train_dir
+from shared.stages import run_config_path, scst_stage, train_dir, train_stage
 from train.scst import train_scst
 from train.trainer import train
 
@@ -53,7 +57,18 @@ def main(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fals
     # torchrun: rank 0 holds the lock for the job (a busy rank 0 exiting ends its job)
     first_rank = os.environ.get("RANK", "0") == "0"
     with output_lock(train_dir(cfg), "train") if first_rank else nullcontext():
+        # a run refused for stale inputs leaves the finished run's record alone
+        stage = scst_stage(cfg) if scst_only else train_stage(cfg)
+        if first_rank and first_stale_upstream(stage, cfg) is None:
+            write_run_config(cfg)
         _train_phases(cfg, force, resume, xe_only, scst_only)
+
+
+def write_run_config(cfg: Config) -> Path:
+    """Record the run's config and the folder its relative paths start at, atomically."""
+    path = run_config_path(cfg)
+    write_json_atomic(path, {"config": cfg.to_dict(), "working_dir": str(Path.cwd().resolve())})
+    return path
 
 
 def _train_phases(cfg: Config, force: bool, resume: bool, xe_only: bool,

@@ -43,17 +43,18 @@ Each epoch: validation exactly as in cross-entropy training (val loss, greedy CI
 `train/scst/last.pt` (exact resume; the previous one kept as `last.prev.pt` until the new one
 is complete, as in cross-entropy training) and `train/scst/best.pt` (XE format), and a `"phase":
 "scst"` record in the shared `train/log.jsonl`, after an epoch-0 record of the starting
-weights; every such record names its `baseline` and `loss_normalization`. The starting
-weights count as a candidate for `best.pt` (epoch -1 there, epoch 0 in the log): if SCST never
-beats them, evaluation keeps the cross-entropy decoder.
+weights; every such record names its `baseline` and `loss_normalization` (with
+`train.tensorboard` also TensorBoard scalars in `train/tensorboard/scst/`: `shared.run_log`).
+The starting weights count as a candidate for `best.pt` (epoch -1 there, epoch 0 in the log):
+if SCST never beats them, evaluation keeps the cross-entropy decoder.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,9 @@ from shared.manifest import current_state, decide, remove_manifest, require_curr
     write_manifest
 from shared.models.beam_search import beam_search
 from shared.models.caption_decoder import CaptionDecoder
+from shared.run_log import RunLog, require_tensorboard
 from shared.stages import scst_stage, train_dir, train_stage, visual_stage, vocab_stage
-from shared.training_schedule import (RunWarnings, drop_log_records, open_resume_point,
-                                      resume_state, save_atomic)
+from shared.training_schedule import RunWarnings, open_resume_point, resume_state, save_atomic
 from shared.vocabulary import Vocabulary, normalize_words
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
@@ -376,10 +377,9 @@ def _load_start(config: Config, device: torch.device) -> tuple[dict, Path]:
     return ckpt, path
 
 
-def _rewrite_log(log_path: Path, keep_scst_through: int) -> None:
-    """Drop `"phase": "scst"` records after epoch `keep_scst_through` (-1: all of them)."""
-    drop_log_records(log_path, lambda r: r.get("phase") == "scst"
-                     and r["epoch"] > keep_scst_through)
+def _scst_after(epoch: int) -> Callable[[dict], bool]:
+    """Selects the `"phase": "scst"` records after `epoch` (-1: all of them)."""
+    return lambda r: r.get("phase") == "scst" and r["epoch"] > epoch
 
 
 def train_scst(config: Config, force: bool = False, progress: bool = True,
@@ -387,6 +387,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     """Self-critical training (or resume, or skip) after cross-entropy; returns the lines to
     print. `resume` insists on continuing `train/scst/last.pt`; without it a matching
     `last.pt` is continued and anything else starts over from the XE checkpoint."""
+    require_tensorboard(config.train.tensorboard)
     sc = config.scst
     device = resolve_device(config.clip.device)
     ranks = init_distributed(device)
@@ -435,7 +436,10 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
         raise RuntimeError(f"{start_path} does not fit the [decoder]/[memory] config: "
                            f"{str(err).splitlines()[0]}") from None
     decoder.eval()  # for the whole run: no dropout, sampled policy == differentiated policy
-    memory = SelfMemory(decoder, config) if config.memory.self else None
+    run_log = RunLog(train_dir(config) / "log.jsonl", "scst", config.train.tensorboard,
+                     main=ranks.main)
+    memory = SelfMemory(decoder, config, on_refresh=run_log.refresh) \
+        if config.memory.self else None
     forward: nn.Module = TeacherForced(decoder)
     if ranks.world > 1:
         forward = nn.parallel.DistributedDataParallel(
@@ -459,7 +463,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     best_meta = {"d_visual": d_visual, "vocab_size": len(vocab),
                  "visual_input": config.decoder.visual_input}
     last, best = out_dir / "last.pt", out_dir / "best.pt"
-    log_path = train_dir(config) / "log.jsonl"
+    log_path = run_log.path
     settings = {"baseline": sc.baseline, "loss_normalization": sc.loss_normalization}
     start_epoch, step, best_cider, stale_epochs, start_cider = 0, 0, -math.inf, 0, math.nan
     lines: list[str] = []
@@ -479,8 +483,11 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
                            f"({decision.reason})")
     if ranks.main:
         lines.append(f"train scst: reward {reward_note}")
-        # SCST records of epochs not in last.pt (all of them when starting over) go
-        _rewrite_log(log_path, start_epoch if start_epoch else -1)
+    # SCST records (and events) of epochs not in last.pt (all of them when starting over) go
+    if start_epoch:
+        run_log.resume(_scst_after(start_epoch), step)
+    else:
+        run_log.start_over(_scst_after(-1))
     if start_epoch == 0:
         if ranks.main:
             record: dict[str, Any] = {"phase": "scst", "epoch": 0, "step": 0,
@@ -490,8 +497,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
             save_atomic({"model": decoder.state_dict(), "epoch": -1, "meta": best_meta,
                          "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
                         best)
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            run_log.write(record)
             plot_curves(log_path, train_dir(config) / "curves.png")
             lines.append(f"train scst: start {start_path}: val loss {record['val_loss']:.3f}, "
                          f"val CIDEr-D {start_cider:.3f}")
@@ -579,8 +585,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
             finally:
                 if memory is not None:
                     drop_stale_banks(last)
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            run_log.write(record)
             plot_curves(log_path, train_dir(config) / "curves.png")
             lines.append(f"train scst: epoch {epoch + 1}: reward {record['mean_reward']:.3f} "
                          f"({reward_s:.1f} s of {step_s:.1f} s in rewards), val loss "
@@ -591,6 +596,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
             dist.broadcast(flags, 0)
             best_cider, stale_epochs = float(flags[0]), int(flags[1])
 
+    run_log.close()
     if ranks.main:
         if memory is not None:
             for line in memory.warnings():

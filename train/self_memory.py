@@ -12,7 +12,8 @@ training device's own GPU when it has a GPU build and `cluster.device` allows it
 - How many prototypes: `shared.prototypes.prototype_count`, the rule `cluster activations`
   follows too: min(memory.n_prototypes, keys in the layer's bank), with a warning line when the
   bank is smaller. Every refresh is logged (one line: step, prototypes installed per layer,
-  bank size per layer, knn, seconds; and kept in `refresh_log`); `warnings()` states what the
+  bank size per layer, knn, seconds; kept in `refresh_log` and handed to `on_refresh`, which
+  the trainers point at `RunLog.refresh` for TensorBoard); `warnings()` states what the
   trainer's manifest should carry, e.g. a run that ended before `memory.warmup_iterations`
   and so trained (and would be evaluated) with 0 prototypes.
 
@@ -109,12 +110,15 @@ def _log_to_stderr(line: str) -> None:
 class SelfMemory:
     """Banks of every decoder layer plus the refresh schedule.
 
-    `log` receives one line per refresh (default: stderr, above any progress bar)."""
+    `log` receives one line per refresh (default: stderr, above any progress bar),
+    `on_refresh` each refresh's record (as kept in `refresh_log`)."""
 
     def __init__(self, decoder: CaptionDecoder, config: Config,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 on_refresh: Callable[[dict], None] | None = None) -> None:
         self.decoder, self.config = decoder, config.memory
         self.log = log or _log_to_stderr
+        self.on_refresh = on_refresh
         self.refresh_log: list[dict] = []
         self.step: int | None = None   # the last step `due` was asked about
         self.full_config = config
@@ -205,6 +209,8 @@ class SelfMemory:
                   "seconds": round(sum(float(s.seconds) for s in stats), 3)}
         self.refresh_log.append(record)
         self._log_refresh(record)
+        if self.on_refresh is not None:
+            self.on_refresh(record)
         return {"prototypes": per_layer[0][0].shape[0],
                 "inertia": sum(float(s.inertia) for s in stats),
                 "fit_points": sum(s.n_fit_points for s in stats),

@@ -8,15 +8,15 @@ step, patience; the float16 memory banks in their own `last.banks.<token>.pt` be
 `last.pt` names) and `best.pt` (model-sized), written atomically; the previous `last.pt` stays
 as `last.prev.pt` (with its banks file) until the new one is complete, and a run whose
 `last.pt` is unreadable resumes from it (`shared.checkpoint_files`). Early stopping on val
-CIDEr-D. Metrics go to `log.jsonl` and `curves.png`; a warm-up longer than the run and a
-training loss that does not fall are warnings (stderr, the epoch record's `"warnings"`, the
-manifest summary). Multi-GPU / multi-process with `torchrun`
+CIDEr-D. Metrics go to `log.jsonl` and `curves.png` (with `train.tensorboard` also to
+TensorBoard in `tensorboard/xe/`, prototype refreshes included: `shared.run_log`); a warm-up
+longer than the run and a training loss that does not fall are warnings (stderr, the epoch
+record's `"warnings"`, the manifest summary). Multi-GPU / multi-process with `torchrun`
 (DistributedDataParallel, each rank streams its own share of the chunks).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -37,12 +37,12 @@ from shared.manifest import (current_state, decide, remove_manifest, require_cur
                              write_manifest)
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.prototypes import read_feature_prototypes, read_memory_prototypes, write_banks
+from shared.run_log import RunLog, require_tensorboard
 from shared.stages import (cluster_activations_stage, cluster_features_stage,
                            memory_banks_path, memory_banks_stage,
                            train_dir, train_stage, visual_stage, vocab_stage)
-from shared.training_schedule import (LossTrend, RunWarnings, drop_log_records, lr_factor,
-                                      open_resume_point, resume_state, save_atomic,
-                                      warmup_warning)
+from shared.training_schedule import (LossTrend, RunWarnings, lr_factor, open_resume_point,
+                                      resume_state, save_atomic, warmup_warning)
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
 from train.self_memory import SelfMemory
@@ -92,6 +92,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
     `resume` insists on continuing `last.pt` (an error if it is missing or from another
     config); otherwise a matching `last.pt` is continued and anything else starts over.
     """
+    require_tensorboard(config.train.tensorboard)
     device = resolve_device(config.clip.device)
     ranks = init_distributed(device)
     if device.type == "cuda" and ranks.world > 1:
@@ -115,6 +116,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
     out_dir = train_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.train.seed)
+    run_log = RunLog(out_dir / "log.jsonl", "xe", config.train.tensorboard, main=ranks.main)
 
     cache = TrainingCache.open(config)
     array, vocab, d_visual = cache.array, cache.vocab, cache.d_visual
@@ -122,7 +124,8 @@ def train(config: Config, force: bool = False, progress: bool = True,
     if config.memory.cross:
         prototypes = read_feature_prototypes(cluster_features_stage(config).output)
         decoder.set_cross_prototypes(torch.from_numpy(prototypes).to(device))
-    memory = SelfMemory(decoder, config) if config.memory.self else None
+    memory = SelfMemory(decoder, config, on_refresh=run_log.refresh) \
+        if config.memory.self else None
     if memory is not None and config.memory.init_from_cluster:
         decoder.set_memory_prototypes([
             (torch.from_numpy(k).float().to(device), torch.from_numpy(v).float().to(device))
@@ -143,7 +146,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
                             shuffle_buffer=config.train.shuffle_buffer,
                             shard=(ranks.rank, ranks.world))
 
-    last, best, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
+    last, best, log_path = out_dir / "last.pt", out_dir / "best.pt", run_log.path
     start_epoch, step, best_cider, stale_epochs = 0, 0, -math.inf, 0
     lines: list[str] = []
     warnings = RunWarnings(show=ranks.main)
@@ -159,12 +162,11 @@ def train(config: Config, force: bool = False, progress: bool = True,
     if resume and start_epoch == 0:
         raise RuntimeError(f"--resume: {last} is missing or was written with another config "
                            f"({decision.reason})")
-    if ranks.main:
-        if start_epoch == 0:
-            log_path.unlink(missing_ok=True)
-        else:  # epochs after the resume point (`last.prev.pt`'s) are logged again
-            drop_log_records(log_path, lambda r: r.get("phase", "xe") == "xe"
-                             and r.get("epoch", 0) > start_epoch)
+    if start_epoch == 0:
+        run_log.start_over()  # the whole log (SCST's records too) and every phase's events
+    else:  # epochs after the resume point (`last.prev.pt`'s) are logged again
+        run_log.resume(lambda r: r.get("phase", "xe") == "xe"
+                       and r.get("epoch", 0) > start_epoch, step)
     per_epoch = batches.n_batches(start_epoch)
     warnings.add(warmup_warning("train.warmup_steps", config.train.warmup_steps,
                                 config.train.max_epochs, per_epoch))
@@ -247,8 +249,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
             finally:
                 if memory is not None:
                     drop_stale_banks(last)
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            run_log.write(record)
             plot_curves(log_path, out_dir / "curves.png")
             lines.append(f"train: epoch {epoch + 1}: loss {record['train_loss']:.3f}, val loss "
                          f"{record['val_loss']:.3f}, val CIDEr-D {record['val_cider']:.3f}"
@@ -258,6 +259,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
             dist.broadcast(flags, 0)
             best_cider, stale_epochs = float(flags[0]), int(flags[1])
 
+    run_log.close()
     if ranks.main:
         if memory is not None:
             for line in memory.warnings():
