@@ -143,11 +143,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[str
 
 
 # A short decoder training on `demo_run` (PMA memory, XE only), enough to decode and score.
-SCORED_TRAIN_SETS = ["train.max_epochs=2", "train.batch_size=25", "train.warmup_steps=10",
-                     "memory.warmup_iterations=20", "memory.refresh_stride=15",
-                     "memory.bank_iterations=20", "memory.bank_cap=2000",
-                     "memory.n_prototypes=16", "memory.knn=4", "eval.batch_size=8",
-                     "scst.enabled=false", "eval.clipscore=true", 'train.experiment="scored"']
+EVAL_TRAIN_SETS = ["train.max_epochs=2", "train.batch_size=25", "train.warmup_steps=10",
+                   "memory.warmup_iterations=20", "memory.refresh_stride=15",
+                   "memory.bank_iterations=20", "memory.bank_cap=2000",
+                   "memory.n_prototypes=16", "memory.knn=4", "eval.batch_size=8",
+                   "scst.enabled=false", 'train.experiment="scored"']
+SCORED_TRAIN_SETS = [*EVAL_TRAIN_SETS, "eval.clipscore=true"]
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from shared.config import load_config
 from shared.karpathy import load_karpathy, split_records
 from shared.manifest import manifest_path
 from shared.stages import eval_dir, train_dir
-from tests.conftest import DEMO_CONFIG
+from tests.conftest import DEMO_CONFIG, EVAL_TRAIN_SETS
 from train.trainer import train
 
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")

@@ -23,9 +23,8 @@ from shared.config import Config, ConfigError, load_config, require_paths
 from shared.karpathy import load_karpathy, split_records
 from shared.manifest import decide
 from shared.stages import eval_dir, eval_stage
-from tests.conftest import DEMO_CONFIG
+from tests.conftest import DEMO_CONFIG, EVAL_TRAIN_SETS
 from tests.test_compare_statistics import corpus_metrics, entries, write_run
-from tests.test_evaluate import EVAL_TRAIN_SETS
 from train.trainer import train
 
 # ----------------------------------------------------------------------------- subset files
