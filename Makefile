@@ -8,9 +8,9 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(FAISS)
 
-.PHONY: setup java demo test data extract cluster train eval all ablation clean bench gpu-check status
+.PHONY: setup java browser demo test data extract cluster train eval all ablation clean bench gpu-check status
 
-setup: $(STAMP) java
+setup: $(STAMP) java browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ java:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; \
 	  else echo "error: Java is required (PTB tokenizer, METEOR); install a JRE (e.g. apt-get install default-jre-headless)"; exit 1; fi; }
 	@java -version 2>&1 | head -n 1
+
+# Headless Chromium renders the HTML report in tests/test_report.py (skipped without one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "chromium not found: installing it (report rendering tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: no chromium on PATH; the report rendering tests will be skipped"; fi; }
 
 test: setup
 	$(PY) -m pytest -q tests $(ARGS)
@@ -101,13 +108,13 @@ status: setup
 	$(PY) -m shared.status --config $(CONFIG) $(ARGS)
 
 bench: setup
-	$(PY) bench/extract.py
-	$(PY) bench/beam.py
-	$(PY) bench/cider.py
-	$(PY) bench/scst.py
+	$(PY) -m bench.extract
+	$(PY) -m bench.beam
+	$(PY) -m bench.cider
+	$(PY) -m bench.scst
 
 gpu-check: setup
-	$(PY) bench/gpu_check.py
+	$(PY) -m bench.gpu_check
 
 clean:
 	rm -rf runs/$(DATASET)

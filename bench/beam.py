@@ -6,25 +6,19 @@ installed), at COCO sizes by default (d 512, 3 layers, 10k words, 256 visual tok
 searches run beam 5 / max 20 on the same images; the script reports captions/s of each, the
 ratio, and how many images got identical captions (float64 run: exactly identical expected).
 
-    .venv/bin/python bench/beam.py [--images 50] [--batch 50] [--d-model 512] [--vocab 10000]
+    .venv/bin/python -m bench.beam [--images 50] [--batch 50] [--d-model 512] [--vocab 10000]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from shared.models.beam_search import beam_search, beam_search_one  # noqa: E402
-from shared.models.caption_decoder import CaptionDecoder, DecoderDims  # noqa: E402
-
-BOS, EOS = 1, 2
+from bench.common import BOS, EOS, make_parser, print_report, timed
+from shared.models.caption_decoder import CaptionDecoder, DecoderDims
+from shared.models.decoding import beam_search  # noqa: E402
+from tests.reference_decoding import beam_search_one  # noqa: E402
 
 
 def build(args: argparse.Namespace, dtype: torch.dtype) -> CaptionDecoder:
@@ -51,16 +45,19 @@ def run(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, float]:
     decoder = build(args, dtype)
     visual = torch.randn(args.images, args.patches, args.d_visual,
                          generator=torch.Generator().manual_seed(args.seed + 1)).to(dtype)
-    start = time.perf_counter()
-    batched = []
-    for i in range(0, args.images, args.batch):
-        result = beam_search(decoder, visual[i:i + args.batch], BOS, EOS, args.beam, args.max_len)
-        batched += [strip(row) for row in result.best.tolist()]
-    batched_s = time.perf_counter() - start
-    start = time.perf_counter()
-    single = [beam_search_one(decoder, visual[i:i + 1], BOS, EOS, args.beam, args.max_len)[0][0]
-              for i in range(args.images)]
-    single_s = time.perf_counter() - start
+
+    def batched_search() -> list[list[int]]:
+        batched = []
+        for i in range(0, args.images, args.batch):
+            result = beam_search(decoder, visual[i:i + args.batch], BOS, EOS, args.beam,
+                                 args.max_len)
+            batched += [strip(row) for row in result.best.tolist()]
+        return batched
+
+    batched, batched_s = timed(batched_search)
+    single, single_s = timed(lambda: [
+        beam_search_one(decoder, visual[i:i + 1], BOS, EOS, args.beam, args.max_len)[0][0]
+        for i in range(args.images)])
     lengths = sorted(len(c) for c in batched)
     return {"dtype": str(dtype).removeprefix("torch."),
             "batched_captions_per_s": args.images / batched_s,
@@ -71,7 +68,7 @@ def run(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--beam", type=int, default=5)
@@ -90,7 +87,7 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}")
     for dtype in [torch.float32, *([torch.float64] if args.float64 else [])]:
         result = run(args, dtype)
-        print(json.dumps(result))
+        print_report(result, indent=None)
         print(f"{result['dtype']}: batched {result['batched_captions_per_s']:.1f} captions/s, "
               f"per-image {result['per_image_captions_per_s']:.1f} captions/s, "
               f"ratio {result['ratio']:.1f}x (target >= 5x); identical captions "

@@ -11,17 +11,13 @@ by three callables, each timed on the same batches by `time_reward`:
 * pycocoevalcap, plain: `Cider().compute_score` (df from the batch itself: other numbers, the
   usual speed reference).
 
-    .venv/bin/python bench/cider.py [--images 5000] [--batches 20] [--batch-images 50]
+    .venv/bin/python -m bench.cider [--images 5000] [--batches 20] [--batch-images 50]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,9 +26,8 @@ import numpy as np
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from shared.cider_reward import CiderDReward  # noqa: E402
+from bench.common import make_parser, print_report, timed
+from shared.cider_reward import CiderDReward
 
 Batch = tuple[list[int], list[list[str]]]
 RewardFn = Callable[[Sequence[int], Sequence[list[str]]], np.ndarray]
@@ -148,9 +143,9 @@ def time_reward(reward: RewardFn, batches: Sequence[Batch], repeats: int = 1,
     """Best-of-`repeats` wall seconds to score all `batches` with `reward`, and its scores."""
     best, scores = float("inf"), []
     for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        scores = [np.asarray(reward(ids, cands), dtype=np.float64) for ids, cands in batches]
-        best = min(best, time.perf_counter() - start)
+        scores, seconds = timed(lambda: [np.asarray(reward(ids, cands), dtype=np.float64)
+                                         for ids, cands in batches])
+        best = min(best, seconds)
     return best, scores
 
 
@@ -208,7 +203,7 @@ def pycoco_plain_reward(references: dict[int, list[list[str]]]) -> RewardFn:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--images", type=int, default=5000, help="training images")
     parser.add_argument("--refs", type=int, default=5, help="references per image")
     parser.add_argument("--vocab", type=int, default=2000)
@@ -224,28 +219,20 @@ def main() -> None:
                            args.seed + 2)
     n_rewards = sum(len(ids) for ids, _ in batches)
 
-    start = time.perf_counter()
-    reward = CiderDReward.from_references(refs)
-    build_s = time.perf_counter() - start
+    reward, build_s = timed(lambda: CiderDReward.from_references(refs))
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cider_df.npz"
-        start = time.perf_counter()
-        reward.save(cache)
-        save_s = time.perf_counter() - start
-        start = time.perf_counter()
-        reward = CiderDReward.load(cache)
-        load_s = time.perf_counter() - start
+        _, save_s = timed(lambda: reward.save(cache))
+        reward, load_s = timed(lambda: CiderDReward.load(cache))
         cache_mb = cache.stat().st_size / 2**20
-    start = time.perf_counter()
-    df, ref_len = pycoco_training_df(refs)
-    pycoco_df_s = time.perf_counter() - start
+    (df, ref_len), pycoco_df_s = timed(lambda: pycoco_training_df(refs))
 
     ours_s, ours = time_reward(reward, batches, args.repeats)
     fixed_s, fixed = time_reward(pycoco_fixed_df_reward(refs, df, ref_len), batches)
     plain_s, _ = time_reward(pycoco_plain_reward(refs), batches)
     max_diff = max(float(np.abs(a - b).max()) for a, b in zip(ours, fixed))
     vocab_used = len({w for rs in refs.values() for r in rs for w in r})
-    print(json.dumps({
+    print_report({
         "training_images": args.images, "refs_per_image": args.refs,
         "reference_vocab": vocab_used, "ngrams": int(len(reward.df)),
         "batches": args.batches, "candidates_per_batch": args.batch_images * args.per_image,
@@ -262,7 +249,7 @@ def main() -> None:
         "speedup_vs_pycoco_plain": round(plain_s / ours_s, 1),
         "ms_per_batch_ours": round(1000 * ours_s / args.batches, 2),
         "max_abs_diff_vs_pycoco_training_df": max_diff,
-        "mean_reward": round(float(np.mean(np.concatenate(ours))), 4)}, indent=2))
+        "mean_reward": round(float(np.mean(np.concatenate(ours))), 4)})
     if not max_diff < 1e-6:
         raise SystemExit(f"mismatch with pycocoevalcap: max |difference| {max_diff:.3g}")
 

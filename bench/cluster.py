@@ -7,25 +7,19 @@ both iteration counts and per-iteration times are reported. Inertia of each is t
 squared distances of every point to its nearest final centroid. Empty clusters are handled
 differently (FAISS splits a big cluster, sklearn moves the centroid to a far point).
 
-    .venv/bin/python bench/cluster.py [--points 100000] [--dim 512] [--k 1024] [--iters 20]
+    .venv/bin/python -m bench.cluster [--points 100000] [--dim 512] [--k 1024] [--iters 20]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import time
-from pathlib import Path
 
 import faiss
 import numpy as np
 from sklearn.cluster import KMeans
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from shared.prototypes import kmeans  # noqa: E402
+from bench.common import make_parser, print_report, timed
+from shared.prototypes import kmeans
 
 
 def clustered_points(n: int, dim: int, n_centres: int, seed: int) -> np.ndarray:
@@ -38,7 +32,7 @@ def clustered_points(n: int, dim: int, n_centres: int, seed: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--k", type=int, default=1024)
@@ -53,12 +47,11 @@ def main() -> None:
     result = kmeans(points, args.k, args.iters, args.seed, use_gpu=False, init_centroids=init)
     faiss_s = result.seconds
 
-    start = time.perf_counter()
-    skl = KMeans(n_clusters=args.k, init=init, n_init=1, max_iter=args.iters, tol=0.0,
-                 algorithm="lloyd", random_state=args.seed).fit(points)
-    sklearn_s = time.perf_counter() - start
+    skl, sklearn_s = timed(lambda: KMeans(
+        n_clusters=args.k, init=init, n_init=1, max_iter=args.iters, tol=0.0,
+        algorithm="lloyd", random_state=args.seed).fit(points))
 
-    print(json.dumps({
+    print_report({
         "points": args.points, "dim": args.dim, "k": args.k, "iterations": args.iters,
         "faiss_iterations": result.iterations, "sklearn_iterations": int(skl.n_iter_),
         "cpu_threads": faiss.omp_get_max_threads(), "cpus": os.cpu_count(),
@@ -70,7 +63,7 @@ def main() -> None:
         "faiss_inertia": round(result.inertia, 1),
         "sklearn_inertia": round(float(skl.inertia_), 1),
         "inertia_ratio_faiss_over_sklearn": round(result.inertia / float(skl.inertia_), 5),
-        "faiss_empty_clusters": result.empty_clusters}, indent=2))
+        "faiss_empty_clusters": result.empty_clusters})
 
 
 if __name__ == "__main__":

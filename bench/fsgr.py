@@ -4,15 +4,12 @@ FSGR modules on in-memory tensors, same rows, same chunking, measured side by si
 Builds a synthetic CLIP cache (random float16 tokens in the shape the config's CLIP writes),
 random FSGR weights, then times both paths (best of `--repeats`, alternating).
 
-    .venv/bin/python bench/fsgr.py [--images 2048] [--grid 16] [--width 1024]
+    .venv/bin/python -m bench.fsgr [--images 2048] [--grid 16] [--width 1024]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,21 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from extract.fsgr_encode import encode_fsgr  # noqa: E402
-from extract.fsgr_fit import FsgrMeta, build_encoder  # noqa: E402
-from shared.config import load_config  # noqa: E402
-from shared.feature_store import ArraySpec, FeatureStore  # noqa: E402
-from shared.manifest import write_manifest  # noqa: E402
-from shared.stages import clip_stage, concepts_stage, fit_stage, vocab_stage  # noqa: E402
-from shared.vocabulary import SPECIALS, Vocabulary  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import (bench_config, best_rate, make_parser, peak_rss_mib, print_report,
+                          side_by_side)
+from extract.fsgr_encode import encode_fsgr
+from extract.fsgr_fit import FsgrMeta, build_encoder
+from shared.feature_store import ArraySpec, FeatureStore
+from shared.manifest import write_manifest
+from shared.stages import clip_stage, concepts_stage, fit_stage, vocab_stage
+from shared.vocabulary import SPECIALS, Vocabulary
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--grid", type=int, default=16)
     parser.add_argument("--width", type=int, default=1024)
@@ -53,7 +47,7 @@ def main() -> None:
         sets = [f'data.run_root="{tmp}"', f'data.karpathy_json="{json_path}"',
                 'clip.model="bench-clip"', 'clip.pretrained="random"', 'clip.device="cpu"',
                 f'store.format="{args.format}"']
-        config = load_config(REPO / "configs" / "coco.toml", sets)
+        config = bench_config("coco", sets)
         # a synthetic CLIP cache + concept codebook + FSGR checkpoint, with manifests
         clip = clip_stage(config)
         proj = rng.standard_normal((args.width, args.embed)).astype(np.float32) / 30
@@ -95,7 +89,7 @@ def main() -> None:
             tokens = torch.from_numpy(store.read("patch_tokens"))
             pooled = torch.from_numpy(store.read("image_embed"))
 
-        def in_memory() -> float:
+        def in_memory(_: int) -> float:
             start = time.perf_counter()
             with torch.no_grad():
                 for i in range(0, args.images, config.store.rows_per_chunk):
@@ -104,23 +98,19 @@ def main() -> None:
                     out.features.numpy().astype(np.float16), out.codebook_index.numpy()
             return time.perf_counter() - start
 
-        def pipeline() -> float:
+        def pipeline(_: int) -> float:
             start = time.perf_counter()
             encode_fsgr(config, force=True, progress=False)
             return time.perf_counter() - start
 
-        memory_s, pipe_s = [], []
-        for _ in range(args.repeats):
-            memory_s.append(in_memory())
-            pipe_s.append(pipeline())
-        mem_ips, pipe_ips = args.images / min(memory_s), args.images / min(pipe_s)
-        print(json.dumps({
+        memory_s, pipe_s = side_by_side(args.repeats, in_memory, pipeline)
+        mem_ips, pipe_ips = best_rate(args.images, memory_s), best_rate(args.images, pipe_s)
+        print_report({
             "images": args.images, "grid": args.grid, "clip_width": args.width,
             "d_model": config.fsgr.d_model, "store": args.format,
             "in_memory_img_per_s": round(mem_ips, 1), "extract_encode_img_per_s":
             round(pipe_ips, 1), "ratio": round(pipe_ips / mem_ips, 3),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
-            indent=2))
+            "peak_rss_mib": round(peak_rss_mib(), 1)})
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ laptop CPU).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
@@ -47,23 +46,17 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.scst import measure_scst_step  # noqa: E402
-from bench.synthetic_images import write_image_set  # noqa: E402
-from extract.clip_features import extract_clip  # noqa: E402
-from shared.clip_model import create_clip, encode_images  # noqa: E402
-from shared.config import load_config  # noqa: E402
-from shared.devices import autocast  # noqa: E402
-from shared.stages import train_dir  # noqa: E402
-from shared.models.caption_decoder import caption_loss  # noqa: E402
-from shared.vocabulary import SPECIALS  # noqa: E402
-from train.trainer import build_decoder  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import (BOS, EOS, add_overrides, bench_config, cuda_sync,
+                          image_set_overrides, install_random_prototypes, make_parser,
+                          print_report, write_image_set, xe_step)
+from bench.scst import measure_scst_step
+from extract.clip_features import extract_clip
+from shared.clip_model import create_clip, encode_images
+from shared.stages import train_dir
+from shared.vocabulary import SPECIALS
+from train.trainer import build_decoder
 
 
 def forward_flops_per_image(model_name: str) -> float:
@@ -78,11 +71,8 @@ def forward_flops_per_image(model_name: str) -> float:
 def check_extract(n_images: int, batch: int, workers: int, model: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = write_image_set(Path(tmp) / "data", n_images, size=320)
-        config = load_config(REPO / "configs" / "coco.toml", [
-            f'data.karpathy_json="{data / "dataset.json"}"', f'data.image_root="{data / "images"}"',
-            f'data.run_root="{Path(tmp) / "runs"}"', f'clip.model="{model}"', 'clip.pretrained="random"',
-            'clip.device="cuda"', f"clip.batch_size={batch}", f"clip.num_workers={workers}",
-            f"store.rows_per_chunk={batch}"])
+        config = bench_config("coco", image_set_overrides(data, Path(tmp) / "runs", model,
+                                                          "cuda", batch, workers))
         torch.cuda.reset_peak_memory_stats()
         result = extract_clip(config, progress=False)
         assert result.complete and result.failed == 0
@@ -108,7 +98,7 @@ def random_captions(batch: int, length: int, vocab_size: int, generator: torch.G
     words = torch.randint(len(SPECIALS), vocab_size, (batch, length - 2), generator=generator)
     lengths = torch.randint(min(8, length - 2), length - 1, (batch,), generator=generator)
     for i, n in enumerate(lengths.tolist()):
-        tokens[i, 0], tokens[i, n + 1] = 1, 2  # <bos>, <eos>
+        tokens[i, 0], tokens[i, n + 1] = BOS, EOS
         tokens[i, 1:n + 1] = words[i, :n]
     return tokens
 
@@ -116,8 +106,7 @@ def random_captions(batch: int, length: int, vocab_size: int, generator: torch.G
 def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, steps: int,
                      warmup: int, overrides: list[str]) -> dict:
     """Steps/s and peak memory of XE training steps at the sizes of configs/coco.toml."""
-    config = load_config(REPO / "configs" / "coco.toml", [
-        "memory.self=true", 'train.precision="bf16"', *overrides])
+    config = bench_config("coco", ["memory.self=true", 'train.precision="bf16"', *overrides])
     cuda = device.type == "cuda"
     if cuda:
         gc.collect()
@@ -130,9 +119,7 @@ def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, 
     batch, length = config.train.batch_size, config.data.max_caption_words + 2
     decoder = build_decoder(config, d_visual, vocab_size).to(device).train()
     m = config.memory.n_prototypes
-    decoder.set_memory_prototypes([(torch.randn(m, dims.d_model, device=device),
-                                    torch.randn(m, dims.d_model, device=device))
-                                   for _ in range(dims.n_dec_layers)])
+    install_random_prototypes(decoder, config, device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.train.lr, betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch, visual_tokens, d_visual, generator=generator)
@@ -142,24 +129,15 @@ def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, 
 
     def step(i: int) -> torch.Tensor:
         visual, tokens = batches[i % len(batches)]
-        with autocast(device, config.train.precision):
-            logits = decoder(visual, tokens[:, :-1])
-        loss = caption_loss(logits.float(), tokens[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(decoder.parameters(), config.train.grad_clip)
-        optimizer.step()
-        return loss.detach()
+        return xe_step(decoder, optimizer, visual, tokens, config, device)
 
     for i in range(warmup):
         step(i)
-    if cuda:
-        torch.cuda.synchronize()
+    cuda_sync(device)
     start = time.perf_counter()
     losses = [step(i) for i in range(steps)]
     last_loss = float(losses[-1])  # waits for the last step
-    if cuda:
-        torch.cuda.synchronize()
+    cuda_sync(device)
     seconds = time.perf_counter() - start
     if not all(bool(torch.isfinite(x)) for x in losses):
         raise RuntimeError("train_step: non-finite loss")
@@ -185,8 +163,7 @@ def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, 
 def check_scst_step(device: torch.device, visual_tokens: int, vocab_size: int, steps: int,
                     overrides: list[str]) -> dict:
     """Where an SCST step's time goes at the sizes of configs/coco.toml."""
-    config = load_config(REPO / "configs" / "coco.toml", [
-        "memory.self=true", 'train.precision="bf16"', *overrides])
+    config = bench_config("coco", ["memory.self=true", 'train.precision="bf16"', *overrides])
     return measure_scst_step(config, device, batch_images=config.scst.batch_size, steps=steps,
                              images=20_000, vocab_size=vocab_size, patches=visual_tokens,
                              dim=config.fsgr.d_model)
@@ -273,14 +250,14 @@ def check_resume(device: torch.device) -> dict:
     from extract.concepts import build_concepts
     from extract.fsgr_encode import encode_fsgr
     from extract.vocab_stage import build_vocab
-    from shared.datasets.demo_scenes import demo_overrides, prepare_demo_data
+    from shared.datasets.demo_stage import demo_overrides, prepare_demo_data
     from shared.datasets.tiny_clip import train_tiny_clip
 
     started = time.perf_counter()
     report: dict = {"device": str(device)}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        config = load_config(REPO / "configs" / "demo.toml", [
+        config = bench_config("demo", [
             *demo_overrides(root / "demo"), f"data.run_root={json.dumps(str(root / 'runs'))}",
             f"clip.pretrained={json.dumps(str(root / 'demo' / 'tiny_clip.pt'))}",
             f"clip.device={json.dumps(device.type)}", *RESUME_SETS])
@@ -324,7 +301,7 @@ def check_resume(device: torch.device) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=12)
@@ -338,8 +315,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=50)
     parser.add_argument("--train-warmup", type=int, default=10)
     parser.add_argument("--scst-steps", type=int, default=10)
-    parser.add_argument("--train-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override for train_step on configs/coco.toml")
+    add_overrides(parser, "--train-set",
+                  help="config override for train_step on configs/coco.toml")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="train_step and scst_step on CPU, tiny sizes, 2 steps (no GPU)")
     args = parser.parse_args()
@@ -360,7 +337,7 @@ def main() -> None:
                                                   [*smoke, "scst.batch_size=4"])
         if "resume" in sections:
             report["resume"] = check_resume(cpu)
-        print(json.dumps(report, indent=2))
+        print_report(report)
         return
     if not torch.cuda.is_available():
         sys.exit("gpu-check: no CUDA GPU visible; run it on a GPU machine")
@@ -377,7 +354,7 @@ def main() -> None:
                                               args.train_vocab, args.scst_steps, args.train_set)
     if "resume" in sections:
         report["resume"] = check_resume(torch.device("cuda"))
-    print(json.dumps(report, indent=2))
+    print_report(report)
 
 
 if __name__ == "__main__":

@@ -26,33 +26,27 @@ decoder on this machine's device, as `bench/gpu_check.py`'s train_step) and also
 (`--steps-per-s`, e.g. a GPU's rate): refresh seconds measured on a CPU say nothing about a
 GPU refresh, and the shares at stated rates are for FAISS running where it ran here.
 
-    .venv/bin/python bench/refresh.py [--config configs/coco.toml] [--set memory.bank_cap=...]
+    .venv/bin/python -m bench.refresh [--config configs/coco.toml] [--set memory.bank_cap=...]
         [--layers N] [--steps-per-s 5 10 20] [--measure-steps 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
-import sys
-import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (CAPTIONS_PER_IMAGE, add_overrides, config_path, make_parser,
+                          print_report, timed)
+from shared.config import load_config
+from shared.prototypes import faiss_gpus, fit_sample_size, use_gpu_for
+from train.self_memory import layer_prototypes, to_bank_dtype
 
-from shared.config import load_config  # noqa: E402
-from shared.prototypes import faiss_gpus, fit_sample_size, use_gpu_for  # noqa: E402
-from train.self_memory import layer_prototypes, to_bank_dtype  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
 COCO_TRAIN_IMAGES = 113_287  # Karpathy train + restval
-CAPTIONS_PER_IMAGE = 5
 
 
 def random_bank(n: int, width: int, seed: int, centres: int = 4096
@@ -73,9 +67,7 @@ def timed_refreshes(banks: list, configs: dict, gpu_device: int | None) -> dict:
             for name in configs}
     for bank in banks:
         for name, config in configs.items():
-            start = time.perf_counter()
-            _, (stats,) = layer_prototypes([bank], config, gpu_device)
-            seconds = time.perf_counter() - start
+            (_, (stats,)), seconds = timed(lambda: layer_prototypes([bank], config, gpu_device))
             run = runs[name]
             run["seconds"] += seconds
             run["fit_points"].append(stats.n_fit_points)
@@ -84,23 +76,22 @@ def timed_refreshes(banks: list, configs: dict, gpu_device: int | None) -> dict:
     return runs
 
 
-def measure_step_rate(config_path: Path, sets: list[str], device: torch.device,
+def measure_step_rate(config_file: Path, sets: list[str], device: torch.device,
                       steps: int) -> dict:
     """XE steps/s of the COCO-size decoder on `device` (bench/gpu_check.py's train_step)."""
     from bench.gpu_check import check_train_step
     precision = "bf16" if device.type == "cuda" else "fp32"
     overrides = [*sets, f'train.precision="{precision}"']
-    if config_path.resolve() != (REPO / "configs" / "coco.toml").resolve():
+    if config_file.resolve() != config_path("coco").resolve():
         raise SystemExit("--measure-steps uses configs/coco.toml sizes; use --measure-steps 0")
     return check_train_step(device, visual_tokens=256, vocab_size=10_000, steps=steps,
                             warmup=1, overrides=overrides)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "coco.toml")
-    parser.add_argument("--set", dest="sets", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE")
+    parser = make_parser(__doc__)
+    parser.add_argument("--config", type=Path, default=config_path("coco"))
+    add_overrides(parser, dest="sets")
     parser.add_argument("--layers", type=int, default=0,
                         help="banks to refresh (default: decoder.n_dec_layers); the per-refresh "
                              "figures are scaled to all layers")
@@ -173,7 +164,7 @@ def main() -> None:
     for label, rate in rates:
         print(f"<= 5% at {label} needs a refresh <= 0.05 x {mem.refresh_stride} / {rate:.3g} = "
               f"{0.05 * mem.refresh_stride / rate:.2f} s")
-    print(json.dumps({
+    print_report({
         "bank_keys": n, "width": width, "m": mem.n_prototypes, "knn": mem.knn,
         "n_iter": config.cluster.n_iter, "layers_run": layers, "layers": all_layers,
         "kmeans_max_points": mem.kmeans_max_points, "fit_points": sample,
@@ -185,7 +176,7 @@ def main() -> None:
         "steps_per_epoch": round(steps_per_epoch), "refreshes_per_epoch": round(refreshes, 2),
         "measured_step": measured,
         "share_of_xe_time": {label: {k: round(v, 4) for k, v in s.items()}
-                             for label, s in shares.items()}}, indent=2))
+                             for label, s in shares.items()}})
 
 
 if __name__ == "__main__":

@@ -18,33 +18,26 @@ by side on the same candidates, the time pycocoevalcap's `CiderScorer` (with the
 document frequencies, `bench/cider.py`) takes for them and the share it would have had (its
 rewards are checked equal to ours to 1e-6).
 
-    .venv/bin/python bench/scst.py [--batch-images 50] [--steps 10] [--set scst.n_samples=5]
+    .venv/bin/python -m bench.scst [--batch-images 50] [--steps 10] [--set scst.n_samples=5]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.cider import pycoco_fixed_df_reward, pycoco_training_df, \
-    synthetic_training_set  # noqa: E402
+from bench.cider import pycoco_fixed_df_reward, pycoco_training_df, synthetic_training_set
+from bench.common import (add_overrides, config_path, cuda_sync, install_random_prototypes,
+                          make_parser, print_report, timed)
 from shared.cider_reward import CiderDReward, ids_to_words  # noqa: E402
-from shared.config import Config, load_config  # noqa: E402
-from shared.devices import resolve_device  # noqa: E402
-from shared.vocabulary import build_vocabulary  # noqa: E402
+from shared.config import Config, load_config
+from shared.devices import resolve_device
+from shared.vocabulary import build_vocabulary
 from train.scst import TeacherForced, scst_step  # noqa: E402
-from train.trainer import build_decoder  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from train.trainer import build_decoder
 
 
 def measure_scst_step(config: Config, device: torch.device, batch_images: int = 50,
@@ -57,19 +50,14 @@ def measure_scst_step(config: Config, device: torch.device, batch_images: int = 
     candidates (raises SystemExit when the two rewards differ by more than 1e-6)."""
     refs, _, _ = synthetic_training_set(images, 5, vocab_size, seed)
     vocab = build_vocabulary((r for rs in refs.values() for r in rs), min_count=5)
-    started = time.perf_counter()
-    reward = CiderDReward.from_references(refs)
-    build_s = time.perf_counter() - started
+    reward, build_s = timed(lambda: CiderDReward.from_references(refs))
 
     torch.manual_seed(seed)
     decoder = build_decoder(config, dim, len(vocab)).to(device)
     with torch.no_grad():
         decoder.head.weight[vocab.eos_id] *= eos_scale
     if config.memory.self:
-        m, d = config.memory.n_prototypes, config.decoder.d_model
-        decoder.set_memory_prototypes([(torch.randn(m, d, device=device),
-                                        torch.randn(m, d, device=device))
-                                       for _ in range(config.decoder.n_dec_layers)])
+        install_random_prototypes(decoder, config, device)
     decoder.eval()
     forward = TeacherForced(decoder)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.scst.lr, betas=(0.9, 0.98))
@@ -83,13 +71,11 @@ def measure_scst_step(config: Config, device: torch.device, batch_images: int = 
     for step in range(steps + 1):
         image_ids = rng.choice(ids, size=batch_images, replace=False)
         visual = torch.randn(batch_images, patches, dim, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        cuda_sync(device)
         started = time.perf_counter()
         result = scst_step(decoder, forward, optimizer, visual, image_ids, reward, vocab,
                            config, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        cuda_sync(device)
         elapsed = time.perf_counter() - started
         if step == 0:
             continue  # warm-up
@@ -126,10 +112,9 @@ def measure_scst_step(config: Config, device: torch.device, batch_images: int = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "demo.toml"))
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override (repeatable), e.g. scst.candidates=\"beam\"")
+    parser = make_parser(__doc__)
+    parser.add_argument("--config", default=str(config_path("demo")))
+    add_overrides(parser, help="config override (repeatable), e.g. scst.candidates=\"beam\"")
     parser.add_argument("--batch-images", type=int, default=50)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 1 warm-up)")
     parser.add_argument("--images", type=int, default=5000, help="synthetic training images")
@@ -146,7 +131,7 @@ def main() -> None:
     report = measure_scst_step(load_config(args.config, args.set), resolve_device(args.device),
                                args.batch_images, args.steps, args.images, args.vocab,
                                args.patches, args.dim, args.eos_scale, args.seed)
-    print(json.dumps(report, indent=2))
+    print_report(report)
     print(f"reward share of an SCST step: {100 * report['reward_share']:.1f}% "
           f"({report['reward_ms_per_step']} of {report['step_ms_per_step']} ms); with "
           f"pycocoevalcap's CiderScorer on the same candidates "

@@ -26,7 +26,7 @@ Peak RSS: the streaming path over a whole epoch
 at that point. Torch uses CPUs - 1 threads by default (`--threads`), leaving a core to the
 prefetch thread: on a small shared machine an oversubscribed OpenMP pool is many times slower.
 
-    .venv/bin/python bench/train.py [--rows 512] [--patches 64] [--dim 256] [--steps 30]
+    .venv/bin/python -m bench.train [--rows 512] [--patches 64] [--dim 256] [--steps 30]
                                     [--loader-rows 2048] [--loader-patches 256] [--loader-dim 512]
                                     [--loader-only]
 """
@@ -37,7 +37,6 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,25 +45,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from shared.cache_batches import CacheBatches, CaptionSamples  # noqa: E402
-from shared.config import Config, load_config  # noqa: E402
-from shared.devices import autocast  # noqa: E402
-from shared.feature_store import ArraySpec, FeatureStore  # noqa: E402
-from shared.models.caption_decoder import CaptionDecoder, caption_loss  # noqa: E402
-from shared.vocabulary import SPECIALS  # noqa: E402
-from train.trainer import build_decoder  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-CAPTIONS_PER_IMAGE = 5
-BOS, EOS = 1, 2
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+from bench.common import (BOS, CAPTIONS_PER_IMAGE, EOS, REPO, add_overrides, bench_config,
+                          best_rate, install_random_prototypes, make_parser, peak_rss_mib,
+                          print_report, side_by_side, xe_step)
+from shared.cache_batches import CacheBatches, CaptionSamples
+from shared.config import Config
+from shared.feature_store import ArraySpec, FeatureStore
+from shared.models.caption_decoder import CaptionDecoder
+from shared.vocabulary import SPECIALS
+from train.trainer import build_decoder
 
 
 def proc_status_mib(field: str) -> float:
@@ -121,7 +111,7 @@ def build_config(args: argparse.Namespace) -> Config:
     sets = [] if args.precision is None else [f'train.precision="{args.precision}"']
     if args.no_memory:
         sets.append("memory.self=false")
-    return load_config(REPO / "configs" / "demo.toml", [*sets, *args.set])
+    return bench_config("demo", [*sets, *args.set])
 
 
 def build_model(config: Config, dim: int, vocab_size: int
@@ -129,9 +119,7 @@ def build_model(config: Config, dim: int, vocab_size: int
     torch.manual_seed(0)
     decoder = build_decoder(config, dim, vocab_size)
     if config.memory.self:
-        m, d = config.memory.n_prototypes, config.decoder.d_model
-        decoder.set_memory_prototypes([(torch.randn(m, d), torch.randn(m, d))
-                                       for _ in range(config.decoder.n_dec_layers)])
+        install_random_prototypes(decoder, config)
     decoder.train()
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.train.lr, betas=(0.9, 0.98))
     return decoder, optimizer
@@ -141,14 +129,8 @@ def train_step(decoder: CaptionDecoder, optimizer: torch.optim.Optimizer, batch:
                config: Config, device: torch.device) -> float:
     """One XE step as in `train.trainer.train` (without memory-bank collection)."""
     tokens = batch["tokens"].to(device)
-    with autocast(device, config.train.precision):
-        logits = decoder(batch["features"].to(device), tokens[:, :-1])
-    loss = caption_loss(logits.float(), tokens[:, 1:])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(decoder.parameters(), config.train.grad_clip)
-    optimizer.step()
-    return float(loss.detach())
+    return float(xe_step(decoder, optimizer, batch["features"].to(device), tokens, config,
+                         device))
 
 
 def stream(batches: CacheBatches, steps: int | None, step_fn) -> tuple[int, float]:
@@ -192,13 +174,13 @@ def rss_only(args: argparse.Namespace) -> None:
     steps, seconds = stream(batches, args.rss_steps or None,
                             lambda b: train_step(decoder, optimizer, b, config, device))
     streaming_peak = proc_status_mib("VmHWM") if reset else float("nan")
-    print(json.dumps({"rows": n_rows, "cache_mib": round(cache_mib, 1),
+    print_report({"rows": n_rows, "cache_mib": round(cache_mib, 1),
                       "samples": len(samples), "steps": steps,
                       "steps_per_s": round(steps / seconds, 2),
                       "peak_rss_mib": round(peak_rss_mib(), 1),
                       "rss_before_streaming_mib": round(before, 1),
                       "peak_rss_streaming_mib": round(streaming_peak, 1),
-                      "streaming_growth_mib": round(streaming_peak - before, 1)}))
+                      "streaming_growth_mib": round(streaming_peak - before, 1)}, indent=None)
 
 
 def loader_only(args: argparse.Namespace, path: Path) -> dict:
@@ -223,7 +205,7 @@ def loader_only(args: argparse.Namespace, path: Path) -> dict:
 
 
 def run_child(args: argparse.Namespace, store: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-only", "--store", str(store),
+    cmd = [sys.executable, "-m", "bench.train", "--rss-only", "--store", str(store),
            "--dim", str(args.dim), "--vocab", str(args.vocab),
            "--rss-steps", str(args.rss_steps), "--threads", str(args.threads)]
     if args.precision is not None:
@@ -232,12 +214,12 @@ def run_child(args: argparse.Namespace, store: Path) -> dict:
         cmd.append("--no-memory")
     for text in args.set:
         cmd += ["--set", text]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=512, help="images in the 1x cache")
     parser.add_argument("--scale", type=int, default=4, help="the large cache is this x rows")
     parser.add_argument("--patches", type=int, default=64)
@@ -258,8 +240,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="memory.self=false")
     parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
                         help="train.precision (default: the config's, 'auto' = fp32 on CPU)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override on configs/demo.toml (repeatable)")
+    add_overrides(parser, help="config override on configs/demo.toml (repeatable)")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                         help="torch threads (default: CPUs - 1, a core for the prefetch thread)")
     parser.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
@@ -272,10 +253,9 @@ def main() -> None:
 
     if args.loader_only:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps({"cpus": os.cpu_count(),
-                              "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
-                              "loader_only": loader_only(args, Path(tmp) / "loader.zarr")},
-                             indent=2))
+            print_report({"cpus": os.cpu_count(),
+                          "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+                          "loader_only": loader_only(args, Path(tmp) / "loader.zarr")})
         return
 
     config = build_config(args)
@@ -301,25 +281,25 @@ def main() -> None:
         for _ in range(3):  # warm-up (allocator, kernels), untimed
             step(held[0])
 
-        def in_memory() -> float:
+        def streaming(_: int) -> float:
+            done, seconds = stream(batches, steps, step)
+            assert done == steps
+            return seconds
+
+        def in_memory(_: int) -> float:
             start = time.perf_counter()
             for batch in held:
                 step(batch)
             return time.perf_counter() - start
 
-        stream_s, memory_s = [], []
-        for _ in range(args.repeats):
-            done, seconds = stream(batches, steps, step)
-            assert done == steps
-            stream_s.append(seconds)
-            memory_s.append(in_memory())
+        stream_s, memory_s = side_by_side(args.repeats, streaming, in_memory)
         del held
-        stream_sps, memory_sps = steps / min(stream_s), steps / min(memory_s)
+        stream_sps, memory_sps = best_rate(steps, stream_s), best_rate(steps, memory_s)
 
         rss_small, rss_large = run_child(args, small), run_child(args, large)
         loader = loader_only(args, Path(tmp) / "loader.zarr") if args.loader_rows else None
 
-    print(json.dumps({
+    print_report({
         "rows": args.rows, "patches": args.patches, "dim": args.dim,
         "rows_per_chunk": args.rows_per_chunk, "batch_size": config.train.batch_size,
         "captions_per_image": CAPTIONS_PER_IMAGE, "caption_length": samples.tokens.shape[1],
@@ -342,7 +322,7 @@ def main() -> None:
                 rss_large["peak_rss_mib"] / rss_small["peak_rss_mib"], 3),
             "streaming_peak_ratio_large_over_small": round(
                 rss_large["peak_rss_streaming_mib"] / rss_small["peak_rss_streaming_mib"], 3)},
-    }, indent=2))
+    })
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from evaluate.compare import BootstrapSettings, compare_runs
 from evaluate.paired_bootstrap import MIN_RESAMPLES
 from evaluate.report_inputs import build_report
 from evaluate.score import score as score_split
+from shared.atomic_files import write_json_atomic, write_text_atomic
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
-from shared.manifest import write_json_atomic
 from shared.output_lock import output_lock
 from shared.stages import eval_dir
 
@@ -112,8 +112,8 @@ def compare(variants: Annotated[list[str], typer.Argument(
     typer.echo(result.latex)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.with_suffix(".md").write_text(result.markdown + "\n")
-        output.with_suffix(".tex").write_text(result.latex + "\n")
+        write_text_atomic(output.with_suffix(".md"), result.markdown + "\n")
+        write_text_atomic(output.with_suffix(".tex"), result.latex + "\n")
         write_json_atomic(output.with_suffix(".json"), result.payload)
         typer.echo(f"evaluate compare: wrote {output.with_suffix('.md')}, "
                    f"{output.with_suffix('.json')} and {output.with_suffix('.tex')}")

@@ -40,7 +40,7 @@ from shared.clip_model import create_clip, encode_images
 from shared.config import Config, config_from_dict, load_config
 from shared.devices import autocast, resolve_device
 from shared.images import ImageError
-from shared.models.beam_search import beam_search
+from shared.models.decoding import beam_search
 from shared.stages import RUN_CONFIG_FILE, concepts_stage
 
 

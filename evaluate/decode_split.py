@@ -10,7 +10,7 @@ from shared.config import Config
 from shared.devices import autocast
 from shared.feature_store import FeatureStore
 from shared.karpathy import ImageRecord
-from shared.models.beam_search import beam_search
+from shared.models.decoding import beam_search
 from shared.stages import visual_array, visual_stage
 from evaluate.checkpoint import TrainedDecoder
 

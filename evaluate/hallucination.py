@@ -43,7 +43,7 @@ from typing import Any
 
 from evaluate.chair import ImageChair
 from evaluate.chair_vocabulary import ObjectWords
-from shared.manifest import write_json_atomic
+from shared.atomic_files import write_json_atomic
 
 __all__ = ["HALLUCINATION_FILE", "CategoryCount", "Cooccurrence", "category_counts",
            "category_rate_changes", "hallucination_analysis", "load_hallucination",

@@ -24,8 +24,6 @@ import base64
 import html
 import io
 import math
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from evaluate.metrics_table import SHORT_NAMES, columns
+from shared.atomic_files import write_text_atomic
 from shared.images import ImageError, load_rgb
 from shared.models.fsgr import usage_summary
 
@@ -602,20 +601,6 @@ def render_page(title: str, header: str, cards: list[str], palette: _Palette,
             f"{SCRIPT}</body></html>\n")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from a web server
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(path: Path, *, title: str, images: list[ReportImage], metrics: dict[str, float],
                  config_lines: list[str] | None = None, curves_png: Path | None = None,
                  concept_words: list[str] | None = None, thumbnail_px: int = 160,
@@ -633,6 +618,6 @@ def write_report(path: Path, *, title: str, images: list[ReportImage], metrics: 
     usage_html = render_usage(codebook_usage, concept_words, palette)
     header = (render_header(title, images, metrics, config_lines, curves_png, usage_html)
               + render_subsets(subsets) + render_hallucinations(hallucinations))
-    write_atomic(path, render_page(title, header, cards, palette,
-                                   render_banner(list(warnings or []))))
+    write_text_atomic(path, render_page(title, header, cards, palette,
+                                        render_banner(list(warnings or []))))
     return path

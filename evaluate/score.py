@@ -45,8 +45,8 @@ from shared.config import Config, require_paths
 from shared.devices import resolve_device
 from shared.feature_store import FeatureStore
 from shared.karpathy import ImageRecord, load_karpathy, split_records
-from shared.manifest import (decide, read_manifest, remove_manifest, require_current,
-                             write_json_atomic, write_manifest)
+from shared.atomic_files import write_json_atomic
+from shared.manifest import decide, read_manifest, remove_manifest, require_current, write_manifest
 from shared.stages import captions_stage, clip_stage, decoder_stage, eval_dir, eval_stage
 
 

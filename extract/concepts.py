@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.atomic_files import atomic_path
 from shared.clip_model import create_clip
 from shared.config import Config
 from shared.devices import resolve_device
@@ -33,9 +34,8 @@ class ConceptCodebook:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, words=np.array(self.words), embeddings=self.embeddings)
-        tmp.replace(path)
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:  # a handle: never a second .npz
+            np.savez(fh, words=np.array(self.words), embeddings=self.embeddings)
 
     @classmethod
     def load(cls, path: Path) -> ConceptCodebook:

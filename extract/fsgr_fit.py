@@ -37,8 +37,8 @@ from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import FeatureStore
 from shared.karpathy import load_karpathy, split_records
-from shared.manifest import (current_state, decide, remove_manifest, require_current,
-                             write_json_atomic, write_manifest)
+from shared.atomic_files import write_json_atomic
+from shared.manifest import current_state, decide, remove_manifest, require_current, write_manifest
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
 from shared.models.fsgr import FsgrEncoder, usage_summary
 from shared.run_log import RunLog, require_tensorboard

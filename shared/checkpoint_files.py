@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from shared.atomic_files import atomic_path, fsync_dir
+
 RESUME_KEYS = ("identity", "model", "optimizer", "torch_rng", "epoch")  # every loop's last.pt
 
 
@@ -133,22 +135,6 @@ def _size(n: int) -> str:
     return f"{n:,} bytes"
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (where the OS and file system allow it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES,
-                             errno.EPERM):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _space_error(err: BaseException | None) -> int | None:
     """ENOSPC / EDQUOT when `err` or an exception it was raised from is a full disk or
     quota: torch's zip writer turns a failed write into its own RuntimeError ("unexpected
@@ -167,16 +153,15 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     checkpoint is whole or absent. On any failure the `.tmp` is removed; a full disk or
     quota raises `DiskFull` naming the file, the bytes needed and the bytes free."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    written = 0
     try:
-        with tmp.open("wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        with atomic_path(path, durable=True, tmp_name=path.name + ".tmp") as tmp:
+            try:
+                with tmp.open("wb") as fh:
+                    torch.save(payload, fh)
+            finally:  # what reached the disk, for `DiskFull`
+                written = tmp.stat().st_size if tmp.exists() else 0
     except BaseException as err:
-        written = tmp.stat().st_size if tmp.exists() else 0
-        tmp.unlink(missing_ok=True)
         code = _space_error(err)
         if code is not None:
             needed = max(written, _tensor_bytes(payload))
@@ -187,7 +172,6 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
                            f"{_size(free)} free there ({needed:,} / {free:,} bytes); free some "
                            f"space (or move data.run_root) and re-run", code) from None
         raise
-    fsync_dir(path.parent)
 
 
 # -- resume points ---------------------------------------------------------------------------
@@ -206,15 +190,12 @@ def keep_previous(path: Path) -> None:
     if not path.is_file() or not zipfile.is_zipfile(path):
         return
     prev = previous_path(path)
-    tmp = prev.with_name(prev.name + ".tmp")
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(path, tmp)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+        with atomic_path(prev, tmp_name=prev.name + ".tmp") as tmp:
+            tmp.unlink(missing_ok=True)  # one a killed run left
+            os.link(path, tmp)
+    except OSError:  # no hard links here
         path.replace(prev)  # `last.pt` is absent until the new one is renamed in
-    else:
-        tmp.replace(prev)
     fsync_dir(path.parent)
 
 

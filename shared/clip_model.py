@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from open_clip.transformer import ResidualAttentionBlock
 
+from shared.atomic_files import atomic_path
 from shared.config import ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -607,9 +608,8 @@ def save_clip_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Save a plain state dict that `create_clip(name, pretrained=path)` loads back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
 
 
 @torch.no_grad()

@@ -179,7 +179,7 @@ class TrainConfig:
     seed: int = 0
     shuffle_buffer: int = 2048
     precision: str = "auto"
-    tensorboard: bool = False   # also write log records as TensorBoard scalars (extra `tensorboard`)
+    tensorboard: bool = False   # log records also as TensorBoard scalars (extra `tensorboard`)
 
 
 @dataclass

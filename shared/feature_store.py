@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import zarr
 
-from shared.manifest import write_json_atomic
+from shared.atomic_files import write_json_atomic
 
 FORMAT_SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from shared.atomic_files import write_json_atomic
 from shared.config import Config, hash_values
 
 _FULL_HASH_LIMIT = 256 * 1024 * 1024
@@ -243,18 +243,6 @@ def write_manifest(spec: StageSpec, config: Config, summary: dict[str, Any] | No
 def remove_manifest(output: Path) -> None:
     """Mark an output incomplete (before it is rebuilt)."""
     manifest_path(output).unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON via a temporary file + fsync + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def require_current(spec: StageSpec, config: Config, command: str = "") -> None:

@@ -25,7 +25,6 @@ dumps). Everything is float32 numpy; FAISS runs on the GPU when it has one (`fai
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from shared.atomic_files import atomic_path
 
 INIT_METHOD = faiss.ClusteringInitMethod_AFK_MC2
 
@@ -281,12 +282,8 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an npz via a temporary file + fsync + rename (readers never see half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("wb") as fh:
+    with atomic_path(path, durable=True) as tmp, tmp.open("wb") as fh:
         np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _write_layers(path: Path, keys: Sequence[np.ndarray], values: Sequence[np.ndarray],

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from shared.atomic_files import write_text_atomic
 from shared.checkpoint_files import (RESUME_KEYS, Check, Rotation, load_checkpoint,
                                      pick_resume_point, save_atomic)
 
@@ -98,9 +99,7 @@ def drop_log_records(log_path: Path, drop: Callable[[dict], bool]) -> None:
     kept = [line for line in records if not drop(json.loads(line))]
     if len(kept) == len(records):
         return
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(log_path)
+    write_text_atomic(log_path, "".join(line + "\n" for line in kept))
 
 
 # -- runs that cannot learn -------------------------------------------------------------------

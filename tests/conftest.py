@@ -121,7 +121,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[str
     from extract.fsgr_encode import encode_fsgr
     from extract.fsgr_fit import fit_fsgr
     from extract.vocab_stage import build_vocab
-    from shared.datasets.demo_scenes import demo_overrides, prepare_demo_data
+    from shared.datasets.demo_stage import demo_overrides, prepare_demo_data
     from shared.datasets.tiny_clip import train_tiny_clip
 
     root = tmp_path_factory.mktemp("demo_run")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.models.beam_search import beam_search, beam_search_one, next_word_log_probs
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims
+from shared.models.decoding import beam_search, next_word_log_probs
+from tests.reference_decoding import beam_search_one
 
 BOS, EOS = 1, 2
 

@@ -18,7 +18,7 @@ from evaluate.__main__ import app as evaluate_app
 from evaluate.captioner import Caption, Captioner
 from extract.concepts import ConceptCodebook
 from shared.config import load_config
-from shared.datasets.demo_scenes import SYNONYMS
+from shared.datasets.demo_captions import SYNONYMS
 from shared.feature_store import FeatureStore
 from shared.images import load_rgb
 from shared.karpathy import load_karpathy, split_records

@@ -21,7 +21,8 @@ from evaluate.chair_vocabulary import ChairVocabulary
 from evaluate.compare import NoteSection, Variant, compare_runs
 from evaluate.paired_bootstrap import (PerImage, corpus_value, paired_difference,
                                        read_per_image)
-from shared.manifest import manifest_path, write_json_atomic
+from shared.atomic_files import write_json_atomic
+from shared.manifest import manifest_path
 from tests.conftest import REPO
 
 SIGNATURE = "train:xe|beam:5|maxlen:20|split:test(40)|refs:captions.json|chair:original"

@@ -14,20 +14,12 @@ from typer.testing import CliRunner
 from shared.config import Config, load_config
 from shared.datasets import coco_download
 from shared.datasets.__main__ import app
-from shared.datasets.demo_scenes import (
-    CATEGORIES,
-    COLORS,
-    SYNONYMS,
-    DemoPaths,
-    demo_overrides,
-    generate_dataset,
-    PATTERN_SHADE,
-    object_masks,
-    patch_categories,
-    pattern_mask,
-    prepare_demo_data,
-)
+from shared.datasets.demo_captions import SYNONYMS
+from shared.datasets.demo_scenes import CATEGORIES, COLORS, PATTERN_SHADE, pattern_mask
+from shared.datasets.demo_stage import demo_overrides, prepare_demo_data
+from shared.datasets.demo_writer import DemoPaths, generate_dataset
 from shared.karpathy import load_karpathy, split_records
+from tests.demo_masks import object_masks, patch_categories
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, N_TEST = 40, 10, 10

@@ -11,17 +11,10 @@ import numpy as np
 import pytest
 
 from shared.config import Config, ConfigError, DemoConfig, load_config
-from shared.datasets.demo_scenes import (
-    CATEGORIES,
-    SYNONYMS,
-    DemoPaths,
-    ScenePrior,
-    demo_overrides,
-    generate_dataset,
-    sample_scene,
-    scene_captions,
-    scene_prior,
-)
+from shared.datasets.demo_captions import SYNONYMS, scene_captions
+from shared.datasets.demo_scenes import CATEGORIES, ScenePrior, sample_scene, scene_prior
+from shared.datasets.demo_stage import demo_overrides
+from shared.datasets.demo_writer import DemoPaths, generate_dataset
 from shared.vocabulary import tokenize
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,12 +16,14 @@ from extract.fsgr_fit import USAGE_FILE, build_encoder, clip_logit_scale, fit_fs
 from shared.chunked_stage import ChunkedOutput
 from shared.clip_model import create_clip
 from shared.config import load_config
-from shared.datasets.demo_scenes import CATEGORIES, SYNONYMS, object_masks, patch_categories
+from shared.datasets.demo_captions import SYNONYMS
+from shared.datasets.demo_scenes import CATEGORIES
 from shared.feature_store import FeatureStore
 from shared.karpathy import load_karpathy, split_records
 from shared.manifest import current_state, decide, read_manifest
 from shared.stages import clip_stage, concepts_stage, encode_stage, fit_stage
 from tests.conftest import DEMO_CONFIG
+from tests.demo_masks import object_masks, patch_categories
 
 
 def read_fsgr(path: Path) -> dict[str, np.ndarray]:

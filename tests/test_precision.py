@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from shared.devices import autocast
-from shared.models.beam_search import beam_search
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims, caption_loss
+from shared.models.decoding import beam_search
 from shared.models.fsgr import FsgrEncoder, supervised_contrastive_loss
 
 CPU = torch.device("cpu")

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from shared.clip_model import create_clip
 from shared.config import Config, load_config
 from shared.datasets.__main__ import app
-from shared.datasets.demo_scenes import DemoPaths, demo_overrides, prepare_demo_data
+from shared.datasets.demo_stage import demo_overrides, prepare_demo_data
+from shared.datasets.demo_writer import DemoPaths
 from shared.datasets.tiny_clip import (
     chance_recall,
     evaluate_retrieval,

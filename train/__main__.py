@@ -23,7 +23,8 @@ import typer
 
 from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
 from shared.config import Config
-from shared.manifest import first_stale_upstream, write_json_atomic
+from shared.atomic_files import write_json_atomic
+from shared.manifest import first_stale_upstream
 from shared.output_lock import output_lock
 from shared.stages import run_config_path, scst_stage, train_dir, train_stage
 from train.scst import train_scst

@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from shared.atomic_files import atomic_path  # noqa: E402
+
 
 def _series(records: list[dict], key: str, offset: int = 0) -> tuple[list[int], list[float]]:
     """(epochs + offset, values) of the records that have `key`."""
@@ -52,7 +54,8 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     ax_cider.set_xlabel("epoch")
     ax_cider.set_ylabel("val CIDEr-D (greedy)")
     fig.tight_layout()
-    tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png_path)
+    try:
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)

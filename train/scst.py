@@ -26,6 +26,9 @@ images (REINFORCE with a baseline, Rennie et al. 2017):
   or `"candidate"` (the candidate's mean token log-probability, mean over candidates); see
   `scst_loss` for what each reference does and what each does to caption length.
 
+Candidates are decoded by `shared.models.decoding`; reward, baselines, log-probabilities and
+loss are `train.scst_objective`; this module is the step and the training loop.
+
 The model stays in eval mode throughout (no dropout), so the policy the candidates are drawn
 from is exactly the one whose log-probabilities are differentiated; those log-probabilities
 renormalise over the words that can be generated (<pad>/<bos> excluded), as sampling does.
@@ -63,226 +66,41 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from shared.checkpoint_files import load_checkpoint
-from shared.cider_reward import CiderDReward, references_fingerprint
+from shared.cider_reward import CiderDReward
 from shared.config import Config
 from shared.devices import autocast, resolve_device
-from shared.karpathy import ImageRecord, split_records
 from shared.manifest import current_state, decide, remove_manifest, require_current, \
     write_manifest
-from shared.models.beam_search import beam_search
 from shared.models.caption_decoder import CaptionDecoder
+from shared.models.decoding import beam_candidates, candidate_mask, sample_captions
 from shared.run_log import RunLog, require_tensorboard
 from shared.stages import scst_stage, train_dir, train_stage, visual_stage, vocab_stage
 from shared.training_schedule import RunWarnings, open_resume_point, resume_state, save_atomic
-from shared.vocabulary import Vocabulary, normalize_words
+from shared.vocabulary import Vocabulary
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
+from train.scst_objective import MEAN_BASELINES, baseline_rewards, load_reward, scst_loss, \
+    token_log_probs, training_references
 from train.self_memory import SelfMemory
 from train.trainer import (NonFiniteLoss, banks_check, build_decoder, drop_stale_banks,
                            init_distributed, refresh_prototypes)
 
-__all__ = ["StepResult", "TeacherForced", "baseline_rewards", "beam_candidates",
-           "candidate_mask", "load_reward", "sample_captions", "scst_loss", "scst_lr",
-           "scst_step", "token_log_probs", "train_scst", "training_references"]
+# defined here, and (as before the split) the decoding and objective pieces the step uses
+__all__ = ["StepResult", "TeacherForced", "scst_lr", "scst_step", "train_scst",
+           "baseline_rewards", "beam_candidates", "candidate_mask", "load_reward",
+           "sample_captions", "scst_loss", "token_log_probs", "training_references"]
 
 
-# -- the pieces (pure functions, tested on their own) ----------------------------------------
-
-MEAN_BASELINES = ("mean", "mean_others")
-
-
-def baseline_rewards(rewards: np.ndarray, baseline: str,
-                     greedy: np.ndarray | None = None) -> np.ndarray:
-    """The baseline of every candidate, from `rewards` [images, n] (candidates of an image in
-    a row): `"mean"` = mean reward of all n candidates of the image, itself included (M2's
-    `torch.mean(reward, -1, keepdim=True)`); `"mean_others"` = mean reward of the other n-1
-    (Luo 2020); both need n >= 2. `"greedy"` = `greedy` [images], the reward of each image's
-    greedy caption. Since r - mean_all = (n-1)/n x (r - mean_others), the two means give the
-    same update direction per image, M2's scaled by (n-1)/n."""
-    rewards = np.asarray(rewards, dtype=np.float64)
-    if rewards.ndim != 2:
-        raise ValueError(f"rewards must be [images, candidates], got shape {rewards.shape}")
-    n = rewards.shape[1]
-    if baseline in MEAN_BASELINES:
-        if n < 2:
-            raise ValueError(f"the {baseline} baseline needs scst.n_samples >= 2 (it "
-                             f"averages several candidates of the image)")
-        if baseline == "mean":
-            return np.repeat(rewards.mean(axis=1, keepdims=True), n, axis=1)
-        return (rewards.sum(axis=1, keepdims=True) - rewards) / (n - 1)
-    if baseline == "greedy":
-        if greedy is None:
-            raise ValueError("the greedy baseline needs the greedy captions' rewards")
-        greedy = np.asarray(greedy, dtype=np.float64)
-        if greedy.shape != rewards.shape[:1]:
-            raise ValueError(f"{greedy.shape[0] if greedy.ndim else 0} greedy rewards for "
-                             f"{rewards.shape[0]} images")
-        return np.repeat(greedy[:, None], n, axis=1)
-    raise ValueError(f"unknown baseline {baseline!r} (expected mean, mean_others or greedy)")
-
-
-def candidate_mask(words: torch.Tensor, eos_id: int, pad_id: int = 0) -> torch.Tensor:
-    """[N, T] True for the words of each candidate up to and including its first <eos>
-    (every non-padding word when it has none)."""
-    is_eos = (words == eos_id).long()
-    before_first_eos = (is_eos.cumsum(dim=1) - is_eos) == 0
-    return before_first_eos & (words != pad_id)
-
-
-def _after_first_eos_to_pad(words: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    keep = candidate_mask(words, eos_id, pad_id)
-    return torch.where(keep, words, torch.full_like(words, pad_id))
-
-
-@torch.no_grad()
-def sample_captions(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, eos_id: int,
-                    n_samples: int, max_len: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """`n_samples` captions per image of `visual` [B, Lv, d], drawn word by word from the
-    model's distribution (incremental decoding; <pad>/<bos> never drawn). Returns word ids
-    [B * n_samples, <= max_len] without <bos>, rows image-major (image b: rows b*n .. b*n+n-1),
-    <pad> after each row's first <eos>; a row without <eos> has `max_len` words. The caller
-    chooses the mode (eval: no dropout). The logits are cast to float32 before the softmax and
-    the draw, also under bf16/fp16 autocast."""
-    pad_id = decoder.pad_id
-    state = decoder.start_decoding(*decoder.encode(visual), repeat=n_samples)
-    rows = visual.shape[0] * n_samples
-    fed = torch.full((rows,), bos_id, dtype=torch.long, device=visual.device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=visual.device)
-    out = []
-    for _ in range(max_len):
-        logits = decoder.step(fed, state).float()
-        logits[:, [pad_id, bos_id]] = -torch.inf
-        word = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
-        out.append(torch.where(finished, torch.full_like(word, pad_id), word))
-        finished |= word == eos_id
-        fed = torch.where(finished, torch.full_like(word, eos_id), word)
-        if finished.all():
-            break
-    return torch.stack(out, dim=1)
-
-
-@torch.no_grad()
-def beam_candidates(decoder: CaptionDecoder, visual: torch.Tensor, bos_id: int, eos_id: int,
-                    n_beams: int, max_len: int) -> torch.Tensor:
-    """The `n_beams` hypotheses of a beam search of size `n_beams` per image, in the layout of
-    `sample_captions` ([B * n_beams, <= max_len], image-major, <pad> after the first <eos>)."""
-    result = beam_search(decoder, visual, bos_id, eos_id, beam_size=n_beams, max_len=max_len)
-    words = result.tokens.reshape(-1, result.tokens.shape[-1])
-    return _after_first_eos_to_pad(words, eos_id, decoder.pad_id)
-
-
-def token_log_probs(logits: torch.Tensor, words: torch.Tensor, pad_id: int,
-                    bos_id: int) -> torch.Tensor:
-    """[N, T] log-probability of each word of `words` under next-word `logits` [N, T, V],
-    renormalised over the words that can be generated (<pad>/<bos> excluded, as in sampling
-    and beam search); 0 at <pad> positions (which can never be generated). Computed in float32
-    whatever the dtype of `logits` (bf16/fp16 under autocast)."""
-    logits = logits.float().clone()  # float32 log_softmax; clone: never edit the caller's
-    logits[..., [pad_id, bos_id]] = -torch.inf
-    picked = F.log_softmax(logits, dim=-1).gather(-1, words[..., None])[..., 0]
-    return torch.where(words == pad_id, torch.zeros_like(picked), picked)  # <pad>: -inf -> 0
-
-
-LOSS_NORMALIZATIONS = ("max_length", "tokens", "candidate")
-
-
-def scst_loss(log_probs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
-              normalization: str = "max_length", max_length: int | None = None) -> torch.Tensor:
-    """The self-critical loss -(sum over candidates i of A_i x S_i) / Z.
-
-    `log_probs` [N, T] per word, `mask` [N, T] the words that count (up to and including the
-    first <eos>), `advantages` [N] = A_i = reward - baseline (no gradient); S_i = the sum of
-    candidate i's counted log-probabilities, |y_i| = its counted words (<eos> included).
-    `normalization` (`scst.loss_normalization`) chooses Z:
-
-    * `"max_length"`: Z = N x `max_length` (`eval.max_length`), i.e. the mean over candidates
-      of A_i x S_i / max_length. M2 Transformer's `train_scst`, reused by PMA-Net and FSGR:
-      `loss = -torch.mean(log_probs, -1) * (reward - reward_baseline); loss = loss.mean()`,
-      where `beam_search` returns log_probs [B, beam, max_len], the log-probability of each
-      chosen word, the first <eos>'s included (the mask is updated after that step) and 0
-      after it, so the mean over the last axis is S_i / max_len.
-    * `"tokens"`: Z = sum_i |y_i|, every counted word of the batch weighs the same.
-      self-critical.pytorch's `RewardCriterion` (and its `new_self_critical` structure loss)
-      with `reduction="mean"`: `sum(-logp * reward * mask) / sum(mask)`, the mask covering
-      each sample's words and its first <eos>.
-    * `"candidate"`: the mean over candidates of A_i x S_i / |y_i| (each candidate's mean
-      token log-probability). What those self-critical.pytorch losses give per sample with
-      `reduction="none"` (its drop_worst option), averaged; this module's loss before
-      `"max_length"` became the default.
-
-    Under DDP every rank normalises its own candidates and the gradients are averaged, so
-    `"tokens"` divides by each rank's token count, not the global one.
-
-    What each does to caption length, in expectation over sampled candidates (beam candidates
-    are not samples of the policy, so there all three are heuristics). `"max_length"` divides
-    by a constant: exactly the REINFORCE gradient E[(r - b) grad log p(y)] / max_length,
-    which prefers no length the reward does not prefer, whatever the baseline (only its
-    variance depends on it). With `"mean"` the baseline contains the candidate's own reward,
-    but r - mean_all = (n-1)/n x (r - mean_others), the mean of the other, independent
-    candidates, so it is still unbiased, scaled by (n-1)/n. `"candidate"` estimates
-    E[(r - b) g(y)] with g = grad(log p(y)) / |y|; with either mean baseline that is (up to
-    (n-1)/n) E[r g] - E[r] E[g]: zero whenever the reward does not depend on the length, and
-    otherwise it moves the length the way the reward prefers. Its caveat: a baseline that sits
-    above the candidates' mean reward (typically the greedy one) leaves E[r - b] < 0, and then
-    the update, grad E[(r - b) / |y|] for a fixed b, favours *long* captions (a smaller 1/|y|
-    shrinks the negative term). `"tokens"` divides by the batch's total length, which depends
-    on the candidates too: with the mean baselines it keeps no length preference where the
-    reward has none, and with a baseline above the mean reward it drifts toward long captions
-    like `"candidate"`, less so as the batch grows and its total length becomes a constant.
-    All of this is checked exactly on an enumerable toy policy in tests/test_scst.py.
-    """
-    if normalization not in LOSS_NORMALIZATIONS:
-        raise ValueError(f"unknown loss normalization {normalization!r} (expected "
-                         f"{', '.join(LOSS_NORMALIZATIONS)})")
-    counted = mask.to(log_probs.dtype)
-    summed = torch.where(mask, log_probs, torch.zeros_like(log_probs)).sum(dim=1)
-    weighted = advantages.to(summed.dtype) * summed
-    if normalization == "max_length":
-        if max_length is None or max_length < mask.shape[1]:
-            raise ValueError(f"the max_length normalization needs max_length >= the "
-                             f"{mask.shape[1]} words of the candidates, got {max_length}")
-        return -weighted.mean() / max_length
-    if normalization == "tokens":
-        return -weighted.sum() / counted.sum().clamp(min=1.0)
-    return -(weighted / counted.sum(dim=1).clamp(min=1.0)).mean()
-
+# -- one step ---------------------------------------------------------------------------------
 
 def scst_lr(base_lr: float, epoch: int, decay_every: int, decay_factor: float) -> float:
     """`base_lr` x `decay_factor` every `decay_every` epochs (0-based `epoch`; 0: constant)."""
     if decay_every <= 0:
         return base_lr
     return base_lr * decay_factor ** (epoch // decay_every)
-
-
-def training_references(records: list[ImageRecord]) -> dict[int, list[list[str]]]:
-    """image id -> every reference of the training split, tokenised like generated captions
-    (`normalize_words` of the Karpathy tokens: all words, in the vocabulary or not)."""
-    return {r.image_id: [normalize_words(tokens) for tokens in r.tokens]
-            for r in split_records(records, "train")}
-
-
-def load_reward(references: dict[int, list[list[str]]], cache: Path) -> tuple[CiderDReward, str]:
-    """The CIDEr-D reward of `references`: from `cache` when it was built from exactly these
-    references (fingerprint), else built and cached (atomically). Returns it and a note."""
-    fingerprint = references_fingerprint(references)
-    if cache.exists():
-        try:
-            return CiderDReward.load(cache, fingerprint), f"loaded {cache}"
-        except ValueError as err:
-            note = f"rebuilt {cache}: {str(err).removeprefix(f'{cache}: ')}"
-    else:
-        note = f"built {cache}"
-    reward = CiderDReward.from_references(references)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.stem}.tmp{os.getpid()}.npz")
-    reward.save(tmp)
-    tmp.replace(cache)
-    return reward, note
 
 
 class TeacherForced(nn.Module):

@@ -16,7 +16,8 @@ import typer
 from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
 from shared.config import Config, require_paths
 from shared.datasets.coco_download import download_coco, flickr30k_instructions
-from shared.datasets.demo_scenes import DemoPaths, prepare_demo_data
+from shared.datasets.demo_stage import prepare_demo_data
+from shared.datasets.demo_writer import DemoPaths
 from shared.datasets.tiny_clip import train_tiny_clip
 from shared.karpathy import SPLITS, load_karpathy, split_records
 

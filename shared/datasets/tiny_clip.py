@@ -27,10 +27,12 @@ from tqdm import tqdm
 from shared.clip_model import (ClipBundle, create_clip, is_checkpoint_path, repo_model_config,
                                save_clip_weights)
 from shared.config import Config, ConfigError
-from shared.datasets.demo_scenes import DemoPaths, article, join_phrases, load_instances
+from shared.datasets.demo_captions import article, join_phrases
+from shared.datasets.demo_writer import DemoPaths, load_instances
 from shared.images import load_rgb
 from shared.karpathy import ImageRecord, load_karpathy, split_records
-from shared.manifest import StageSpec, decide, remove_manifest, write_json_atomic, write_manifest
+from shared.atomic_files import write_json_atomic
+from shared.manifest import StageSpec, decide, remove_manifest, write_manifest
 
 CLIP_KEYS = ["demo.clip_model", "demo.clip_epochs", "demo.clip_batch_size", "demo.clip_lr",
              "demo.clip_object_text_rate", "demo.seed"]

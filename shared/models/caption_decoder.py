@@ -11,7 +11,8 @@ buffers, so they are saved with the weights and used by `greedy` as in training.
 
 Precision: under autocast (bf16/fp16) the output head (`logits`) still runs in float32 (or
 wider), so vocabulary logits are never bf16; `greedy` (validation) and `beam_search` run with
-autocast off altogether and give exactly the captions of fp32 mode.
+autocast off altogether and give exactly the captions of fp32 mode. Every decoding strategy
+(greedy, sampling, beam search) is in `shared.models.decoding`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shared.models.full_precision import autocast_off, full_precision
+from shared.models import decoding
+from shared.models.full_precision import full_precision
 from shared.models.memory_attention import CrossMemory, MultiHeadAttention, \
     PrototypeMemoryAttention
 
@@ -273,30 +275,12 @@ class CaptionDecoder(nn.Module):
             raise RuntimeError("nothing recorded: call record_keys_values(True) and run forward")
         return recorded
 
-    @torch.no_grad()
     def greedy(self, visual: torch.Tensor, bos_id: int, eos_id: int, max_len: int = 20
                ) -> torch.Tensor:
-        """Greedy decoding: word ids [B, <= max_len] (without <bos>), eos-padded. Runs with
-        autocast off: under bf16/fp16 the same captions as in fp32 mode."""
-        with autocast_off(visual.device):
-            return self._greedy(visual, bos_id, eos_id, max_len)
-
-    def _greedy(self, visual: torch.Tensor, bos_id: int, eos_id: int, max_len: int
-                ) -> torch.Tensor:
-        state = self.start_decoding(*self.encode(visual))
-        batch = visual.shape[0]
-        tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=visual.device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=visual.device)
-        for _ in range(max_len):
-            logits = self.step(tokens[:, -1], state)
-            logits[:, [self.pad_id, bos_id]] = -torch.inf  # never generated
-            next_word = logits.argmax(-1)
-            next_word = torch.where(finished, torch.full_like(next_word, eos_id), next_word)
-            tokens = torch.cat([tokens, next_word[:, None]], dim=1)
-            finished |= next_word == eos_id
-            if finished.all():
-                break
-        return tokens[:, 1:]
+        """Greedy decoding (`shared.models.decoding.greedy`): word ids [B, <= max_len] (without
+        <bos>), eos-padded. Runs with autocast off: under bf16/fp16 the same captions as in fp32
+        mode."""
+        return decoding.greedy(self, visual, bos_id, eos_id, max_len)
 
 
 def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
