@@ -60,7 +60,7 @@ def test_metrics_json_keys_and_ranges(scored) -> None:
                                  "cross_prototypes": 0}
     printed = "\n".join(lines).splitlines()
     header = next(line for line in printed if line.startswith("| run |"))
-    row = next(line for line in printed if line.startswith("| demo/test |"))
+    row = next(line for line in printed if line.startswith("| scored/test |"))
     assert " S |" in header and "| not computed |" in row  # SPICE: offline
     captions = json.loads((folder / "captions.json").read_text())
     assert {c["image_id"] for c in captions} == test_ids
@@ -72,7 +72,7 @@ def test_metrics_json_keys_and_ranges(scored) -> None:
     assert set(entry["scores"]) >= {*CAPTION_METRICS, "CLIP-S", "RefCLIP-S"}
     assert set(entry["chair"]) >= {"mentioned", "hallucinated", "covered", "ground_truth"}
     assert entry["chair"]["ground_truth"], "every demo image has annotated objects"
-    assert any("| demo/test |" in line for line in lines)
+    assert any("| scored/test |" in line for line in lines)
 
 
 def test_rerun_skips_and_changed_beam_redecodes(scored) -> None:

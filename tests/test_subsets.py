@@ -217,7 +217,7 @@ def test_score_writes_each_subset_scored_alone(subset_run) -> None:
         assert values["CIDEr"] == pytest.approx(cider, rel=1e-12)
         per_image_mean = np.mean([e["scores"]["CIDEr"] for e in members])
         assert values["CIDEr"] != pytest.approx(per_image_mean)  # its own document frequencies
-    label = f"{config.data.name}/test"
+    label = f"{config.train.experiment or config.data.name}/test"
     assert any(line.startswith(f"| {label}:head (10 images) |") for line in
                "\n".join(lines).splitlines())
     assert any(f"| {label}:thirds ({len(expected['thirds'])} images) |" in line
