@@ -22,22 +22,11 @@ from shared.clip_model import (CheckpointError, create_clip, is_checkpoint_path,
 from shared.manifest import current_state
 from shared.stages import clip_stage, concepts_stage
 from tests.conftest import TINY_MODEL, make_config
+from tests.test_clip_weights import UNREACHABLE, one_line, same_weights
 
 REPO_ID = "test-org/tiny-clip"
 HUB_NAME = f"hf-hub:{REPO_ID}"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-UNREACHABLE = "http://127.0.0.1:9"   # the discard port: connection refused at once
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
-    message = str(err.value)
-    assert "\n" not in message, message
-    return message
 
 
 def tiny_model_config() -> dict:
