@@ -146,13 +146,13 @@ TRAIN_KEYS = ["decoder", "memory", "train", "cluster.n_iter", "cluster.seed",
               "data.max_caption_words", "eval.max_length"]
 
 
+RUN_CONFIG_FILE = "run_config.json"
+
+
 def run_config_path(config: Config) -> Path:
     """`<experiment>/run_config.json`: {"config": the run's config, "working_dir": the folder
     its relative paths start at}, written by `python -m train`, read by `Captioner.from_run`."""
     return experiment_dir(config) / RUN_CONFIG_FILE
-
-
-RUN_CONFIG_FILE = "run_config.json"
 
 
 def train_dir(config: Config) -> Path:
