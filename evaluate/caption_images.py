@@ -14,7 +14,7 @@ from typing import Union
 
 from PIL import Image, ImageFile
 
-from shared.images import _to_rgb, load_rgb
+from shared.images import load_rgb, to_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -61,7 +61,7 @@ def read_rgb(image: Path | Image.Image, target_size: int) -> Image.Image:
     if _unread_file(image):
         return load_rgb(image.filename, target_size=target_size)
     image.load()
-    return _to_rgb(image)
+    return to_rgb(image)
 
 
 def _unread_file(image: Image.Image) -> bool:

@@ -22,7 +22,8 @@ class ImageError(ValueError):
     """An image that cannot be decoded; the message gives the reason."""
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as `extract clip` feeds CLIP: transparency over white, 16-bit greys scaled to 8."""
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info)
     if has_alpha:
@@ -48,7 +49,7 @@ def load_rgb(path: str | Path, target_size: int = 0) -> Image.Image:
             if target_size and image.format == "JPEG":
                 image.draft("RGB", (target_size, target_size))
             image.load()
-            return _to_rgb(image)
+            return to_rgb(image)
     except ImageError:
         raise
     except FileNotFoundError:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from shared.config import load_config
 from shared.karpathy import load_karpathy
 from shared.stages import eval_dir, vocab_stage
 
@@ -66,7 +67,6 @@ def test_a_shipped_config_by_name_writes_under_the_current_folder(wheel_bin, dem
     vocab = _run(wheel_bin, ["fsgr-pma", "extract", "vocab", "--config", "demo",
                              *_set_args(local)], tmp_path)
     assert vocab.returncode == 0, vocab.stderr
-    from shared.config import load_config
     relative = vocab_stage(load_config("demo", local)).output
     assert not relative.is_absolute() and (tmp_path / relative).is_file()
     no_board = _run(wheel_bin, ["fsgr-pma", "train", "--config", "demo", *_set_args(local),
