@@ -153,20 +153,12 @@ def install_random_prototypes(decoder: CaptionDecoder, config: Config,
 
 
 def xe_step(decoder: CaptionDecoder, optimizer: torch.optim.Optimizer, visual: torch.Tensor,
-            tokens: torch.Tensor, config: Config, device: torch.device) -> torch.Tensor:
-    """One XE step as `train.trainer.train` takes it, on inputs already on `device`: forward
+            tokens: torch.Tensor, config: Config, device: torch.device) -> float:
+    """One XE step exactly as `python -m train` takes it (`shared.training_loop.train_step` of
+    the `train.trainer.CrossEntropy` objective), on inputs already on `device`: forward
     (autocast per `train.precision`), `caption_loss`, backward, gradient clipping, optimizer
-    step (memory-bank collection and prototype refresh are not part of it). The loss,
-    detached (reading it waits for the step)."""
-    from torch import nn
-
-    from shared.devices import autocast
-    from shared.models.caption_decoder import caption_loss
-    with autocast(device, config.train.precision):
-        logits = decoder(visual, tokens[:, :-1])
-    loss = caption_loss(logits.float(), tokens[:, 1:])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(decoder.parameters(), config.train.grad_clip)
-    optimizer.step()
-    return loss.detach()
+    step (memory-bank collection and prototype refresh are not part of it). The loss."""
+    from shared.training_loop import train_step
+    from train.trainer import CrossEntropy
+    objective = CrossEntropy(config, decoder, decoder, "features", device)
+    return train_step(objective, optimizer, {"features": visual, "tokens": tokens})["loss"]

@@ -55,8 +55,8 @@ def main() -> None:
                 *image_set_overrides(data, Path(tmp) / f"r{i}", args.model, "cpu", args.batch,
                                      args.workers), f'store.format="{args.format}"'])
             result = extract_clip(config, progress=False)
-            assert result.complete and result.processed == args.images
-            return result.seconds
+            assert result.complete and result.summary["processed"] == args.images
+            return result.summary["seconds"]
 
         bare_s, pipe_s = side_by_side(args.repeats, bare, pipeline)
         bare_ips, pipe_ips = best_rate(args.images, bare_s), best_rate(args.images, pipe_s)

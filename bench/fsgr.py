@@ -20,7 +20,7 @@ import torch
 from bench.common import (bench_config, best_rate, make_parser, peak_rss_mib, print_report,
                           side_by_side)
 from extract.fsgr_encode import encode_fsgr
-from extract.fsgr_fit import FsgrMeta, build_encoder
+from shared.models.factory import FsgrMeta, build_encoder
 from shared.feature_store import ArraySpec, FeatureStore
 from shared.manifest import write_manifest
 from shared.stages import clip_stage, concepts_stage, fit_stage, vocab_stage

@@ -56,7 +56,7 @@ from extract.clip_features import extract_clip
 from shared.clip_model import create_clip, encode_images
 from shared.stages import train_dir
 from shared.vocabulary import SPECIALS
-from train.trainer import build_decoder
+from shared.models.factory import build_decoder
 
 
 def forward_flops_per_image(model_name: str) -> float:
@@ -75,8 +75,8 @@ def check_extract(n_images: int, batch: int, workers: int, model: str) -> dict:
                                                           "cuda", batch, workers))
         torch.cuda.reset_peak_memory_stats()
         result = extract_clip(config, progress=False)
-        assert result.complete and result.failed == 0
-    ips = result.processed / result.seconds
+        assert result.complete and result.summary["failed"] == 0
+    ips = result.summary["processed"] / result.summary["seconds"]
     flops = forward_flops_per_image(model)
     return {"model": model, "images": n_images, "batch": batch, "workers": workers,
             "precision": "bf16", "images_per_s": round(ips, 1),
@@ -127,7 +127,7 @@ def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, 
                 random_captions(batch, length, vocab_size, generator).to(device))
                for _ in range(4)]
 
-    def step(i: int) -> torch.Tensor:
+    def step(i: int) -> float:
         visual, tokens = batches[i % len(batches)]
         return xe_step(decoder, optimizer, visual, tokens, config, device)
 
@@ -135,12 +135,10 @@ def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, 
         step(i)
     cuda_sync(device)
     start = time.perf_counter()
-    losses = [step(i) for i in range(steps)]
-    last_loss = float(losses[-1])  # waits for the last step
+    losses = [step(i) for i in range(steps)]  # a non-finite loss raises NonFiniteLoss
+    last_loss = losses[-1]
     cuda_sync(device)
     seconds = time.perf_counter() - start
-    if not all(bool(torch.isfinite(x)) for x in losses):
-        raise RuntimeError("train_step: non-finite loss")
     peak = torch.cuda.max_memory_allocated() if cuda else None
     return {
         "device": str(device), "precision": config.train.precision, "batch": batch,
@@ -189,12 +187,14 @@ def _tensors(value: object) -> list[torch.Tensor]:
     return []
 
 
-def _resume_stage(module: object, run, expect: str) -> dict:
+def _resume_stage(run, expect: str) -> dict:  # noqa: ANN001
     """Run a stage interrupted right after its first `last.pt`, then again; what the second
-    run's `restore_state` restored, and where."""
+    run's `restore_state` restored, and where (both patched where the training loop calls
+    them)."""
+    import shared.training_loop as loop
     import shared.training_schedule as schedule
     seen: dict = {}
-    real_save, real_restore = module.save_atomic, schedule.restore_state
+    real_save, real_restore = loop.save_atomic, schedule.restore_state
 
     def save_then_stop(payload, path):  # noqa: ANN001
         real_save(payload, path)
@@ -218,19 +218,19 @@ def _resume_stage(module: object, run, expect: str) -> dict:
         return ckpt
 
     started = time.perf_counter()
-    module.save_atomic = save_then_stop
+    loop.save_atomic = save_then_stop
     try:
         run(force=True)
         raise RuntimeError("the first run was not interrupted")
     except KeyboardInterrupt:
         pass
     finally:
-        module.save_atomic = real_save
-    module.restore_state = spy
+        loop.save_atomic = real_save
+    schedule.restore_state = spy
     try:
-        lines = run(force=False)
+        lines = run(force=False).lines
     finally:
-        module.restore_state = real_restore
+        schedule.restore_state = real_restore
     return {"resumed": any(expect in line for line in lines), **seen,
             "last_line": lines[-1], "seconds": round(time.perf_counter() - started, 1)}
 
@@ -268,21 +268,18 @@ def check_resume(device: torch.device) -> dict:
         build_concepts(config)
         report["setup_seconds"] = round(time.perf_counter() - started, 1)
         stages = [
-            ("extract_fit", fsgr_fit,
-             lambda force: fsgr_fit.fit_fsgr(config, force=force, progress=False),
+            ("extract_fit", lambda force: fsgr_fit.fit_fsgr(config, force=force, progress=False),
              "resuming after epoch 1"),
-            ("xe", trainer,
-             lambda force: trainer.train(config, force=force, progress=False),
+            ("xe", lambda force: trainer.train(config, force=force, progress=False),
              "resuming after epoch 1"),
-            ("scst", scst,
-             lambda force: scst.train_scst(config, force=force, progress=False),
+            ("scst", lambda force: scst.train_scst(config, force=force, progress=False),
              "resuming after epoch 1")]
-        for name, module, run, expect in stages:
+        for name, run, expect in stages:
             try:
                 if name == "xe":
                     run(force=True)  # uninterrupted, for the epoch-2 loss
                     uninterrupted = _epoch_two(train_dir(config) / "log.jsonl")["train_loss"]
-                report[name] = _resume_stage(module, run, expect)
+                report[name] = _resume_stage(run, expect)
                 if name == "xe":  # refreshes after resuming: restored + new bank rows together
                     resumed = _epoch_two(train_dir(config) / "log.jsonl")
                     report[name].update({

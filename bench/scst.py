@@ -1,13 +1,14 @@
 """Benchmark: where the time of one self-critical (SCST) step goes, reward computation above all.
 
-The step is `train.scst.scst_step`, the trainer's own: candidates without grad (`scst.candidates`,
+The step is the trainer's own (`shared.training_loop.train_step` of `train.scst.SelfCritical`):
+candidates without grad (`scst.candidates`,
 `scst.n_samples` per image, max `eval.max_length` words; with the greedy baseline also the
 greedy captions), CIDEr-D rewards (`CiderDReward.score_ids`) and baselines, then the
 teacher-forced forward with grad, loss, backward, gradient clipping and Adam. Memory-bank
 collection and prototype refreshes are not part of it.
 
-The decoder is `train.trainer.build_decoder` of `configs/demo.toml` (plus `--set` overrides)
-with random weights; with `memory.self` on, `memory.n_prototypes` random prototypes are
+The decoder is `shared.models.factory.build_decoder` of `configs/demo.toml` (plus `--set`
+overrides) with random weights; with `memory.self` on, `memory.n_prototypes` random prototypes are
 installed in every layer. Visual tokens are random ([images, --patches, --dim]). Rewards use the
 COCO-like synthetic training set of `bench/cider.py` (`--images` x 5 references, seeded) and a
 vocabulary of its words seen at least 5 times; the <eos> logit is scaled (`--eos-scale`) so the
@@ -36,8 +37,9 @@ from shared.cider_reward import CiderDReward, ids_to_words  # noqa: E402
 from shared.config import Config, load_config
 from shared.devices import resolve_device
 from shared.vocabulary import build_vocabulary
-from train.scst import TeacherForced, scst_step  # noqa: E402
-from train.trainer import build_decoder
+from shared.training_loop import train_step  # noqa: E402
+from train.scst import SelfCritical, TeacherForced  # noqa: E402
+from shared.models.factory import build_decoder
 
 
 def measure_scst_step(config: Config, device: torch.device, batch_images: int = 50,
@@ -59,37 +61,41 @@ def measure_scst_step(config: Config, device: torch.device, batch_images: int = 
     if config.memory.self:
         install_random_prototypes(decoder, config, device)
     decoder.eval()
-    forward = TeacherForced(decoder)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.scst.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng(seed)
     ids = np.array(sorted(refs))
+    objective = SelfCritical(config, decoder, TeacherForced(decoder), "features", ids, reward,
+                             vocab, device)
 
     pycoco_reward = pycoco_fixed_df_reward(refs, *pycoco_training_df(refs))
     totals = {"sample": 0.0, "reward": 0.0, "update": 0.0, "step": 0.0, "pycoco_reward": 0.0}
     words = candidates = 0
     mean_reward = 0.0
     for step in range(steps + 1):
-        image_ids = rng.choice(ids, size=batch_images, replace=False)
-        visual = torch.randn(batch_images, patches, dim, device=device)
+        rows = rng.choice(len(ids), size=batch_images, replace=False)
+        image_ids = ids[rows]
+        batch = {"features": torch.randn(batch_images, patches, dim, device=device),
+                 "rows": torch.from_numpy(rows)}
         cuda_sync(device)
         started = time.perf_counter()
-        result = scst_step(decoder, forward, optimizer, visual, image_ids, reward, vocab,
-                           config, device)
+        metrics = train_step(objective, optimizer, batch)
         cuda_sync(device)
+        result = objective.last
         elapsed = time.perf_counter() - started
         if step == 0:
             continue  # warm-up
-        texts = ids_to_words(result.candidates, vocab.words, vocab.eos_id, vocab.pad_id)
+        texts = ids_to_words(result.words, vocab.words, vocab.eos_id, vocab.pad_id)
         started = time.perf_counter()
         theirs = pycoco_reward(np.repeat(image_ids, config.scst.n_samples), texts)
         totals["pycoco_reward"] += time.perf_counter() - started
         if not np.allclose(theirs, result.rewards.reshape(-1), rtol=0.0, atol=1e-6):
             raise SystemExit("CIDEr-D reward differs from pycocoevalcap's on the same candidates")
-        totals["sample"] += result.sample_seconds
-        totals["reward"] += result.reward_seconds
-        totals["update"] += result.update_seconds
+        totals["sample"] += metrics["sample_seconds"]
+        totals["reward"] += metrics["reward_seconds"]
+        totals["update"] += metrics["step_seconds"] - metrics["sample_seconds"] \
+            - metrics["reward_seconds"]
         totals["step"] += elapsed
-        words += result.words
+        words += int(metrics["words"])
         candidates += result.rewards.size
         mean_reward += float(result.rewards.sum())
     per_step = {f"{k}_ms_per_step": round(1000 * v / steps, 1) for k, v in totals.items()}

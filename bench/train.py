@@ -4,7 +4,7 @@ side by side, and peak RSS of the streaming path for a cache 1x and 4x as large.
 Builds synthetic visual caches with `FeatureStore.create` (arrays as in the FSGR store:
 `features` [N, P, d] float16, `image_ids`, `valid`; `--rows` and 4x as many rows) and synthetic
 `CaptionSamples` (5 captions per image, random word ids, `<bos> .. <eos>` 0-padded to
-`data.max_caption_words + 2`). The decoder is `train.trainer.build_decoder` of
+`data.max_caption_words + 2`). The decoder is `shared.models.factory.build_decoder` of
 `configs/demo.toml` (plus `--set` overrides); with `memory.self` on, `memory.n_prototypes`
 random prototypes are installed in every layer so the memory attention is exercised. A step is
 the trainer's: forward (autocast per `train.precision`), `caption_loss`, backward, gradient
@@ -54,7 +54,7 @@ from shared.config import Config
 from shared.feature_store import ArraySpec, FeatureStore
 from shared.models.caption_decoder import CaptionDecoder
 from shared.vocabulary import SPECIALS
-from train.trainer import build_decoder
+from shared.models.factory import build_decoder
 
 
 def proc_status_mib(field: str) -> float:
@@ -129,8 +129,7 @@ def train_step(decoder: CaptionDecoder, optimizer: torch.optim.Optimizer, batch:
                config: Config, device: torch.device) -> float:
     """One XE step as in `train.trainer.train` (without memory-bank collection)."""
     tokens = batch["tokens"].to(device)
-    return float(xe_step(decoder, optimizer, batch["features"].to(device), tokens, config,
-                         device))
+    return xe_step(decoder, optimizer, batch["features"].to(device), tokens, config, device)
 
 
 def stream(batches: CacheBatches, steps: int | None, step_fn) -> tuple[int, float]:

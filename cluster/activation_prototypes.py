@@ -27,13 +27,14 @@ stage's config keys and inputs), so banks from another run make these prototypes
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from tqdm import tqdm
 
 from shared.config import Config
-from shared.manifest import decide, remove_manifest, write_manifest
 from shared.prototypes import (memory_prototypes, prototype_count, read_banks, use_gpu_for,
                                write_memory_prototypes)
+from shared.stage_runner import StageResult, StageRun, run_stage
 from shared.stages import cluster_activations_stage, memory_banks_path
 
 
@@ -49,21 +50,25 @@ def require_banks(config: Config) -> None:
                          f"banks ({path}); run `make train` first")
 
 
-def cluster_activations(config: Config, force: bool = False, progress: bool = True) -> list[str]:
-    """Build (or skip) `prototypes/memory.npz` from the bank dump; returns the lines to print."""
+def cluster_activations(config: Config, force: bool = False, progress: bool = True
+                        ) -> StageResult:
+    """Build (or skip) `prototypes/memory.npz` from the bank dump."""
     require_banks(config)
-    spec = cluster_activations_stage(config)
-    decision = decide(spec, config, force=force)
-    if decision.up_to_date:
-        return [f"cluster activations: {decision.reason}"]
-    remove_manifest(spec.output)
+    return run_stage(cluster_activations_stage(config), config,
+                     lambda run: _cluster(run, progress), force=force)
+
+
+def _cluster(run: StageRun, progress: bool) -> dict[str, Any]:
+    config = run.config
     path, m, knn = memory_banks_path(config), config.memory.n_prototypes, config.memory.knn
+    run.say(run.reason)
     banks = read_banks(path)
     if not banks:
         raise ValueError(f"{path}: n_layers is 0, no banks to cluster")
     counts = [prototype_count(len(keys), m, knn, f"{path} layer {layer}")
               for layer, (keys, _) in enumerate(banks)]
     warnings = [c.warning for c in counts if c.warning]
+    run.lines += warnings
     started = time.perf_counter()
     proto_keys, proto_values, stats = [], [], []
     for (keys, values), count in tqdm(list(zip(banks, counts)), desc="cluster activations",
@@ -75,17 +80,16 @@ def cluster_activations(config: Config, force: bool = False, progress: bool = Tr
         proto_keys.append(mk)
         proto_values.append(mv)
         stats.append(layer_stats)
-    write_memory_prototypes(spec.output, proto_keys, proto_values)
+    write_memory_prototypes(run.spec.output, proto_keys, proto_values)
     seconds = time.perf_counter() - started
-    write_manifest(spec, config, {"layers": [s.__dict__ for s in stats], "k": m, "knn": knn,
-                                  "prototypes": [c.prototypes for c in counts],
-                                  "warnings": warnings, "seconds": round(seconds, 3)})
     inertia = ", ".join(f"{s.inertia:.4g}" for s in stats)
     empty = sum(s.empty_clusters for s in stats)
     sizes = "/".join(str(n) for n in sorted({len(keys) for keys, _ in banks}))
     built = "/".join(str(n) for n in sorted({c.prototypes for c in counts}))
     knns = "/".join(str(n) for n in sorted({c.knn for c in counts}))
-    return [f"cluster activations: {decision.reason}", *warnings,
-            f"cluster activations: {len(banks)} layers x {built} prototypes (knn {knns}) from "
-            f"{sizes} keys per layer in {seconds:.1f}s; inertia per layer [{inertia}], "
-            f"{empty} empty clusters -> {spec.output}"]
+    run.say(f"{len(banks)} layers x {built} prototypes (knn {knns}) from {sizes} keys per "
+            f"layer in {seconds:.1f}s; inertia per layer [{inertia}], {empty} empty clusters "
+            f"-> {run.spec.output}")
+    return {"layers": [s.__dict__ for s in stats], "k": m, "knn": knn,
+            "prototypes": [c.prototypes for c in counts], "warnings": warnings,
+            "seconds": round(seconds, 3)}

@@ -13,15 +13,18 @@ K-Means with `memory.n_cross_prototypes` centroids writes `prototypes/features.n
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from shared.atomic_files import write_npz_atomic
 from shared.config import Config
 from shared.feature_store import FeatureStore
 from shared.karpathy import load_karpathy
-from shared.manifest import decide, remove_manifest, require_current, write_manifest
-from shared.prototypes import kmeans, save_npz_atomic, subsample_rows, use_gpu_for
+from shared.manifest import require_current
+from shared.prototypes import kmeans, subsample_rows, use_gpu_for
+from shared.stage_runner import StageResult, StageRun, run_stage
 from shared.stages import cluster_features_stage, visual_array, visual_stage
 
 
@@ -61,16 +64,17 @@ def sample_patch_vectors(store: FeatureStore, array: str, rows: np.ndarray, cap:
     return out, n_candidates
 
 
-def cluster_features(config: Config, force: bool = False, progress: bool = True) -> list[str]:
-    """Build (or skip) `prototypes/features.npz`; returns the lines to print."""
-    source = visual_stage(config)
-    require_current(source, config, "python -m " + source.name.replace(".", " "))
-    spec = cluster_features_stage(config)
-    decision = decide(spec, config, force=force)
-    if decision.up_to_date:
-        return [f"cluster features: {decision.reason}"]
-    remove_manifest(spec.output)
+def cluster_features(config: Config, force: bool = False, progress: bool = True) -> StageResult:
+    """Build (or skip) `prototypes/features.npz`."""
+    require_current(visual_stage(config), config)
+    return run_stage(cluster_features_stage(config), config,
+                     lambda run: _cluster(run, progress), force=force)
+
+
+def _cluster(run: StageRun, progress: bool) -> dict[str, Any]:
+    config, source, output = run.config, visual_stage(run.config), run.spec.output
     array, m = visual_array(config), config.memory.n_cross_prototypes
+    run.say(run.reason)
     started = time.perf_counter()
     with FeatureStore.open(source.output) as store:
         rows = train_rows(store, config)
@@ -85,20 +89,17 @@ def cluster_features(config: Config, force: bool = False, progress: bool = True)
                          f"vectors available ({len(rows)} train images in {source.output})")
     result = kmeans(points, m, config.cluster.n_iter, config.cluster.seed,
                     use_gpu_for(config.cluster.device))
-    save_npz_atomic(spec.output, {
+    write_npz_atomic(output, {
         "centroids": result.centroids, "source": np.array(config.decoder.visual_input),
         "array": np.array(array), "n_points": np.int64(len(points)),
         "n_candidates": np.int64(n_candidates), "inertia": np.float64(result.inertia),
-        "empty_clusters": np.int64(result.empty_clusters)})
-    summary = {"source": config.decoder.visual_input, "array": array, "k": m,
-               "dim": int(points.shape[1]), "n_points": len(points),
-               "n_candidates": n_candidates, "n_images": len(rows),
-               "inertia": result.inertia, "empty_clusters": result.empty_clusters,
-               "read_seconds": round(read_s, 3), "kmeans_seconds": round(result.seconds, 3)}
-    write_manifest(spec, config, summary)
-    return [f"cluster features: {decision.reason}",
-            f"cluster features: {m} prototypes of {len(points)}/{n_candidates} "
-            f"{config.decoder.visual_input} patch vectors ({len(rows)} train images, "
-            f"d={points.shape[1]}) in {read_s:.1f}s read + {result.seconds:.1f}s k-means; "
-            f"sample inertia {result.inertia:.4g}, {result.empty_clusters} empty clusters "
-            f"-> {spec.output}"]
+        "empty_clusters": np.int64(result.empty_clusters)}, durable=True)
+    run.say(f"{m} prototypes of {len(points)}/{n_candidates} {config.decoder.visual_input} "
+            f"patch vectors ({len(rows)} train images, d={points.shape[1]}) in {read_s:.1f}s "
+            f"read + {result.seconds:.1f}s k-means; sample inertia {result.inertia:.4g}, "
+            f"{result.empty_clusters} empty clusters -> {output}")
+    return {"source": config.decoder.visual_input, "array": array, "k": m,
+            "dim": int(points.shape[1]), "n_points": len(points),
+            "n_candidates": n_candidates, "n_images": len(rows),
+            "inertia": result.inertia, "empty_clusters": result.empty_clusters,
+            "read_seconds": round(read_s, 3), "kmeans_seconds": round(result.seconds, 3)}

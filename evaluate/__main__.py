@@ -1,4 +1,4 @@
-"""`python -m evaluate {score,report,caption,compare}`: the evaluation stage program.
+"""`python -m evaluate {score,report,caption,compare,transfer}`: the evaluation stage program.
 
 `score` and `report` hold the lock on the eval folder (`shared.output_lock`), so a second
 process on the same folder stops at once with exit status 2.
@@ -16,6 +16,7 @@ from evaluate.compare import BootstrapSettings, compare_runs
 from evaluate.paired_bootstrap import MIN_RESAMPLES
 from evaluate.report_inputs import build_report
 from evaluate.score import score as score_split
+from evaluate.transfer import score_transfer
 from shared.atomic_files import write_json_atomic, write_text_atomic
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
 from shared.output_lock import output_lock
@@ -37,6 +38,21 @@ def score(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fal
     cfg = load(config, set_)
     with output_lock(eval_dir(cfg), "evaluate score"):
         lines = score_split(cfg, force=force, progress=not quiet)
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def transfer(config: ConfigOption,
+             run: Annotated[Path, typer.Option(
+                 "--run", help="The finished run that captions (e.g. runs/coco).")],
+             set_: SetOption = None, force: ForceOption = False) -> None:
+    """Score a finished run (e.g. COCO-trained) on this config's `eval.split` (e.g. nocaps
+    val), overall and per `eval.subsets` entry: runs/<dataset>/eval/<split>/."""
+    cfg = load(config, set_)
+    with output_lock(eval_dir(cfg), "evaluate transfer"):
+        lines = score_transfer(cfg, run, force=force)
     for line in lines:
         typer.echo(line)
 

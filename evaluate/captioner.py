@@ -35,7 +35,7 @@ from evaluate.chair import vocabulary_of
 from evaluate.chair_vocabulary import Mention, ObjectWords
 from evaluate.checkpoint import load_trained_decoder
 from extract.concepts import ConceptCodebook
-from extract.fsgr_fit import FsgrMeta, load_fsgr
+from shared.models.factory import FsgrMeta, load_fsgr
 from shared.clip_model import create_clip, encode_images
 from shared.config import Config, config_from_dict, load_config
 from shared.devices import autocast, resolve_device

@@ -1,5 +1,6 @@
 """The finished run's caption decoder + vocabulary: `runs/<dataset>/train/scst/best.pt` when
-`scst.enabled`, else the cross-entropy `runs/<dataset>/train/best.pt`."""
+`scst.enabled`, else the cross-entropy `runs/<dataset>/train/best.pt`, rebuilt from the sizes
+the checkpoint records (`shared.models.factory.decoder_from_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from shared.checkpoint_files import load_checkpoint
 from shared.config import Config
 from shared.manifest import require_current
 from shared.models.caption_decoder import CaptionDecoder
+from shared.models.factory import decoder_from_checkpoint
 from shared.stages import decoder_stage, vocab_stage
 from shared.vocabulary import Vocabulary
-from train.trainer import build_decoder
 
 
 @dataclass
@@ -40,7 +41,6 @@ def load_trained_decoder(config: Config, device: torch.device) -> TrainedDecoder
     if meta["vocab_size"] != len(vocab):
         raise RuntimeError(f"{spec.output} was trained with {meta['vocab_size']} words but "
                            f"{vocab_stage(config).output} has {len(vocab)}")
-    decoder = build_decoder(config, meta["d_visual"], meta["vocab_size"])
-    decoder.load_state_dict(ckpt["model"])  # prototype buffers take the saved shapes
+    decoder = decoder_from_checkpoint(ckpt, spec.output, config)
     return TrainedDecoder(decoder.to(device).eval(), vocab, meta["visual_input"],
                           int(ckpt["epoch"]), float(ckpt["val_cider"]))

@@ -2,8 +2,9 @@
 
 Reads `eval/<split>/per_image.json` + `metrics.json` (written by `evaluate score`), for FSGR
 runs the per-patch codebook concepts of `features/fsgr`, the concept words and the codebook
-usage `extract fit` recorded (`fsgr/codebook_usage.json`), and the training curve
-`train/curves.png`; writes `eval/<split>/report.html`. The page is titled with the experiment
+usage `extract fit` recorded (`fsgr/codebook_usage.json`), and the training curves
+(`train/curves.png`, `train/scst/curves.png` with SCST); writes `eval/<split>/report.html`.
+The page is titled with the experiment
 (`train.experiment`, else the dataset's run name `data.name`) and opens with the run's
 warnings (`report_warnings`): `metrics.json`'s (degenerate captions, PMA without prototypes),
 the metrics not computed, and the `warnings` of the run's stage manifests (extraction,
@@ -28,7 +29,8 @@ from extract.concepts import ConceptCodebook
 from extract.fsgr_fit import USAGE_FILE
 from shared.config import Config
 from shared.feature_store import FeatureStore
-from shared.manifest import read_manifest, require_current, write_manifest
+from shared.manifest import read_manifest, require_current
+from shared.stage_runner import StageRun, run_stage
 from shared.stages import (all_stages, concepts_stage, encode_stage, eval_dir, eval_stage,
                            fit_stage, fsgr_dir, report_stage, train_dir)
 
@@ -44,7 +46,7 @@ def build_report(config: Config, max_images: int = 0) -> Path:
     grids, words = _concept_grids(config, [e["image_id"] for e in entries])
     usage = codebook_usage(config) if words is not None else None
     images = [_report_image(entry, grids.get(entry["image_id"])) for entry in entries]
-    curves = train_dir(config) / "curves.png"
+    curves = train_dir(config) / ("scst/curves.png" if config.scst.enabled else "curves.png")
     decoding = metrics.get("decoding", {})
     config_lines = [f"dataset {config.data.name}, split {metrics['split']}, "
                     f"{metrics['images']} images",
@@ -55,16 +57,16 @@ def build_report(config: Config, max_images: int = 0) -> Path:
                     *caption_lines(metrics.get("caption_stats")),
                     *([f"signature {signature_line(metrics)}"] if signature_line(metrics) else []),
                     *metrics.get("notes", [])]
-    spec = report_stage(config)
-    path = write_report(spec.output,
-                        title=f"{report_title(config)} / {metrics['split']}: captions and metrics",
-                        images=images, metrics=metrics["metrics"], config_lines=config_lines,
-                        curves_png=curves if curves.is_file() else None, concept_words=words,
-                        codebook_usage=usage, warnings=report_warnings(config, metrics),
-                        hallucinations=hallucination_table(folder),
-                        subsets=subset_rows(metrics))
-    write_manifest(spec, config, {"images": len(images)})
-    return path
+    def build(run: StageRun) -> dict[str, Any]:
+        write_report(run.spec.output,
+                     title=f"{report_title(config)} / {metrics['split']}: captions and metrics",
+                     images=images, metrics=metrics["metrics"], config_lines=config_lines,
+                     curves_png=curves if curves.is_file() else None, concept_words=words,
+                     codebook_usage=usage, warnings=report_warnings(config, metrics),
+                     hallucinations=hallucination_table(folder), subsets=subset_rows(metrics))
+        return {"images": len(images)}
+
+    return run_stage(report_stage(config), config, build, force=True).output  # always rewritten
 
 
 def subset_rows(metrics: dict[str, Any]) -> list[SubsetRow]:

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluate.caption_checks import (caption_stats, check_annotation_files, checkpoint_memory,
-                                     degeneracy_warnings, memory_warnings)
+from evaluate.caption_checks import (CheckedAnnotations, caption_stats, check_annotation_files,
+                                     checkpoint_memory, degeneracy_warnings, memory_warnings)
 from evaluate.chair import ImageChair, chair_scores, ground_truth_objects, metric_names
 from evaluate.chair_vocabulary import vocabulary_for
 from evaluate.checkpoint import load_trained_decoder
@@ -46,7 +46,8 @@ from shared.devices import resolve_device
 from shared.feature_store import FeatureStore
 from shared.karpathy import ImageRecord, load_karpathy, split_records
 from shared.atomic_files import write_json_atomic
-from shared.manifest import decide, read_manifest, remove_manifest, require_current, write_manifest
+from shared.manifest import decide, read_manifest, require_current
+from shared.stage_runner import StageResult, StageRun, run_stage
 from shared.stages import captions_stage, clip_stage, decoder_stage, eval_dir, eval_stage
 
 
@@ -62,29 +63,27 @@ def split_of(config: Config, dataset: list[ImageRecord] | None = None) -> list[I
 
 
 def write_captions(config: Config, force: bool = False, progress: bool = True,
-                   dataset: list[ImageRecord] | None = None) -> tuple[dict[int, str], str]:
-    """Decode `eval.split` of `dataset` (default: the Karpathy json), or reuse the up-to-date
-    captions.json; returns captions and a line."""
-    spec = captions_stage(config)
-    decision = decide(spec, config, force=force)
-    if decision.up_to_date:
-        return read_captions(spec.output), f"evaluate captions: {decision.reason}"
-    remove_manifest(spec.output)
-    device = resolve_device(config.clip.device)
-    trained = load_trained_decoder(config, device)
-    started = time.perf_counter()
-    captions = decode_records(config, trained, split_of(config, dataset), device, progress)
-    if not captions:
-        raise RuntimeError(f"no image of split '{config.eval.split}' is readable in the cache")
-    seconds = time.perf_counter() - started
-    write_json_atomic(spec.output, [{"image_id": i, "caption": captions[i]}
-                                    for i in sorted(captions)])
-    write_manifest(spec, config, {"images": len(captions), "checkpoint_epoch": trained.epoch + 1,
-                                  "checkpoint_val_cider": trained.val_cider,
-                                  "seconds": seconds})
-    return captions, (f"evaluate captions: {len(captions)} images of '{config.eval.split}' in "
-                      f"{seconds:.1f}s ({len(captions) / max(seconds, 1e-9):.1f} img/s), "
-                      f"beam {config.eval.beam_size} -> {spec.output}")
+                   dataset: list[ImageRecord] | None = None) -> StageResult:
+    """Decode `eval.split` of `dataset` (default: the Karpathy json) into captions.json, or
+    skip it when up to date."""
+    def build(run: StageRun) -> dict[str, Any]:
+        device = resolve_device(config.clip.device)
+        trained = load_trained_decoder(config, device)
+        started = time.perf_counter()
+        captions = decode_records(config, trained, split_of(config, dataset), device, progress)
+        if not captions:
+            raise RuntimeError(f"no image of split '{config.eval.split}' is readable in the "
+                               "cache")
+        seconds = time.perf_counter() - started
+        write_json_atomic(run.spec.output, [{"image_id": i, "caption": captions[i]}
+                                            for i in sorted(captions)])
+        run.say(f"{len(captions)} images of '{config.eval.split}' in {seconds:.1f}s "
+                f"({len(captions) / max(seconds, 1e-9):.1f} img/s), beam "
+                f"{config.eval.beam_size} -> {run.spec.output}")
+        return {"images": len(captions), "checkpoint_epoch": trained.epoch + 1,
+                "checkpoint_val_cider": trained.val_cider, "seconds": seconds}
+
+    return run_stage(captions_stage(config), config, build, force=force)
 
 
 def read_captions(path) -> dict[int, str]:  # noqa: ANN001
@@ -95,8 +94,8 @@ def read_captions(path) -> dict[int, str]:  # noqa: ANN001
         raise ValueError(f"{path}: not a COCO results json ({err})") from None
 
 
-def score(config: Config, force: bool = False, progress: bool = True) -> list[str]:
-    """Decode (if needed) and score `eval.split`; returns the lines to print (incl. a table).
+def score(config: Config, force: bool = False, progress: bool = True) -> StageResult:
+    """Decode (if needed) and score `eval.split`; the lines to print include a table.
     When there is anything to compute, the annotation files are checked before decoding; the
     subset files (`eval.subsets`) always are."""
     require_paths(config, "eval.subsets")
@@ -108,16 +107,22 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
     checked = check_annotation_files(config) if to_compute else None
     dataset = load_karpathy(config.data.karpathy_json, config.data.image_root)
     subsets = load_subsets(config, [r.image_id for r in split_of(config, dataset)])
-    captions, captions_line = write_captions(config, force=force, progress=progress,
-                                             dataset=dataset)
-    decision = decide(spec, config, force=force)
-    if decision.up_to_date:
-        metrics = json.loads(spec.output.read_text())
-        return [captions_line, f"evaluate score: {decision.reason}",
-                *summary_lines(config, metrics)]
-    remove_manifest(spec.output)
-    if checked is None:
-        checked = check_annotation_files(config)
+    captioned = write_captions(config, force=force, progress=progress, dataset=dataset)
+    captions = read_captions(captioned.output)
+    result = run_stage(spec, config, lambda run: _score(run, dataset, captions, subsets, checked),
+                       force=force)
+    if not result.ran:
+        result.lines += summary_lines(config, json.loads(spec.output.read_text()))
+    result.lines[:0] = captioned.lines
+    return result
+
+
+def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
+           subsets: dict[str, frozenset[int]], checked: CheckedAnnotations | None
+           ) -> dict[str, Any]:
+    """The work of `score` once it is known there is some; returns the manifest summary."""
+    config = run.config
+    checked = checked if checked is not None else check_annotation_files(config)
     records = {r.image_id: r for r in split_of(config, dataset) if r.image_id in captions}
     train_records = split_records(dataset, "train")  # restval included
     references = reference_captions(list(records.values()), config.data.captions_json)
@@ -173,9 +178,9 @@ def score(config: Config, force: bool = False, progress: bool = True) -> list[st
             entry["subsets"] = memberships(subsets, i)
     write_json_atomic(eval_dir(config) / "per_image.json", list(per_image.values()))
     write_hallucination(eval_dir(config), hallucination)  # None: a stale one is removed
-    write_json_atomic(spec.output, metrics)
-    write_manifest(spec, config, {"metrics": corpus})
-    return [captions_line, *summary_lines(config, metrics)]
+    write_json_atomic(run.spec.output, metrics)
+    run.lines += summary_lines(config, metrics)
+    return {"metrics": corpus}
 
 
 def score_subsets(config: Config, subsets: dict[str, frozenset[int]], captions: dict[int, str],

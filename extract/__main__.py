@@ -7,6 +7,7 @@ second process on the same output stops at once with exit status 2.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Annotated
 
 import typer
@@ -18,8 +19,11 @@ from extract.fsgr_fit import fit_fsgr
 from extract.vocab_stage import build_vocab
 from shared.chunked_stage import Shard
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
+from shared.config import Config
+from shared.manifest import StageSpec
 from shared.output_lock import output_lock
 from shared.run_log import require_tensorboard
+from shared.stage_runner import label
 from shared.stages import concepts_stage, fit_stage, vocab_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -30,14 +34,25 @@ ShardOption = Annotated[str, typer.Option(
 FAILED_IMAGES_EXIT = 3
 
 
+def _echo(lines: Iterable[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+def _locked(stage: Callable[[Config], StageSpec], build: Callable[..., Iterable[str]],
+            cfg: Config, force: bool) -> None:
+    """Run a stage under its output's lock and print its lines."""
+    spec = stage(cfg)
+    with output_lock(spec.output, label(spec)):
+        result = build(cfg, force=force)
+    _echo(result)
+
+
 @app.command()
 @one_line_errors
 def vocab(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
     """Build the caption vocabulary of the training split."""
-    cfg = load(config, set_)
-    with output_lock(vocab_stage(cfg).output, "extract vocab"):
-        _, line = build_vocab(cfg, force=force)
-    typer.echo(line)
+    _locked(vocab_stage, build_vocab, load(config, set_), force)
 
 
 @app.command()
@@ -52,9 +67,8 @@ def clip(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fals
     complete, and the next run retries only the failed images.
     """
     result = extract_clip(load(config, set_), force=force, shard=Shard.parse(shard))
-    for line in result.messages:
-        typer.echo(line)
-    if not result.skipped and result.failed:
+    _echo(result)
+    if result.ran and result.summary["failed"]:
         raise typer.Exit(FAILED_IMAGES_EXIT)
 
 
@@ -62,29 +76,21 @@ def clip(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fals
 @one_line_errors
 def concepts(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
     """Build FSGR's concept codebook (CLIP text embeddings of the concept words)."""
-    cfg = load(config, set_)
-    with output_lock(concepts_stage(cfg).output, "extract concepts"):
-        _, line = build_concepts(cfg, force=force)
-    typer.echo(line)
+    _locked(concepts_stage, build_concepts, load(config, set_), force)
 
 
 @app.command()
 @one_line_errors
 def fit(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
     """Train the FSGR modules on the CLIP cache (with an auxiliary caption decoder)."""
-    cfg = load(config, set_)
-    with output_lock(fit_stage(cfg).output, "extract fit"):
-        lines = fit_fsgr(cfg, force=force)
-    for line in lines:
-        typer.echo(line)
+    _locked(fit_stage, fit_fsgr, load(config, set_), force)
 
 
 @app.command()
 @one_line_errors
 def encode(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
     """Run the fitted FSGR modules over every image into features/fsgr.{zarr,h5}."""
-    for line in encode_fsgr(load(config, set_), force=force):
-        typer.echo(line)
+    _echo(encode_fsgr(load(config, set_), force=force))
 
 
 @app.command("all")
@@ -98,18 +104,11 @@ def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = F
     """
     cfg = load(config, set_)
     require_tensorboard(cfg.train.tensorboard)  # fit logs to it: fail before the CLIP cache
-    with output_lock(vocab_stage(cfg).output, "extract vocab"):
-        typer.echo(build_vocab(cfg, force=force)[1])
-    for line in extract_clip(cfg, force=force).messages:
-        typer.echo(line)
-    with output_lock(concepts_stage(cfg).output, "extract concepts"):
-        typer.echo(build_concepts(cfg, force=force)[1])
-    with output_lock(fit_stage(cfg).output, "extract fit"):
-        lines = fit_fsgr(cfg, force=force)
-    for line in lines:
-        typer.echo(line)
-    for line in encode_fsgr(cfg, force=force):
-        typer.echo(line)
+    _locked(vocab_stage, build_vocab, cfg, force)
+    _echo(extract_clip(cfg, force=force))
+    _locked(concepts_stage, build_concepts, cfg, force)
+    _locked(fit_stage, fit_fsgr, cfg, force)
+    _echo(encode_fsgr(cfg, force=force))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +26,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from shared.chunked_stage import ChunkedOutput, ChunkWork, FailureLimit, Shard, failures_path
+from shared.chunked_stage import (ChunkedOutput, ChunkWork, FailureLimit, Shard, failures_path,
+                                  run_chunked)
 from shared.clip_model import ClipBundle, create_clip, encode_images
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import ArraySpec
 from shared.images import ImageError, load_rgb
 from shared.karpathy import ImageRecord, load_karpathy
+from shared.stage_runner import StageResult
 from shared.stages import clip_stage
-
-
-@dataclass
-class ExtractResult:
-    """What a run of `extract clip` did."""
-
-    store: Path
-    skipped: bool
-    complete: bool
-    processed: int = 0
-    failed: int = 0
-    retried: int = 0
-    seconds: float = 0.0
-    messages: list[str] = field(default_factory=list)
 
 
 class ImageFiles(Dataset):
@@ -224,27 +211,23 @@ def failure_limit(config: Config) -> FailureLimit:
 
 
 def extract_clip(config: Config, *, force: bool = False, shard: Shard = Shard(),
-                 progress: bool = True) -> ExtractResult:
-    """Fill (or resume, or skip) the CLIP feature store of `config`'s dataset.
+                 progress: bool = True) -> StageResult:
+    """Fill (or resume, or skip) the CLIP feature store of `config`'s dataset; the summary
+    holds `failed` (also when skipped) and this run's `processed`, `retried`, `seconds`.
 
     Raises `OutputBusy` when another process writes the store (other shards excepted) and
     `TooManyFailures` when the store is full but more images failed than
     `clip.max_failed_fraction` allows (it is then not marked complete; a re-run retries only
     the failed rows).
     """
-    spec = clip_stage(config)
-    with ChunkedOutput(spec, config, force=force, shard=shard, what="extract clip") as output:
-        if output.up_to_date:
-            return ExtractResult(spec.output, skipped=True, complete=True,
-                                 failed=output.failure_count(),
-                                 messages=[f"extract clip: {output.reason}"])
-        return _run(config, output, spec.output, shard, progress)
+    return run_chunked(clip_stage(config), config, lambda output: _run(output, progress),
+                       force=force, shard=shard)
 
 
-def _run(config: Config, output: ChunkedOutput, store: Path, shard: Shard,
-         progress: bool) -> ExtractResult:
-    """The work of `extract_clip` once it is known there is some."""
-    if shard.count > 1 and config.store.format != "zarr":
+def _run(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
+    """The work of `extract_clip` once it is known there is some; returns the summary."""
+    config, run, store = output.config, output.run, output.spec.output
+    if output.shard.count > 1 and config.store.format != "zarr":
         raise ValueError("--shard needs store.format = 'zarr' (HDF5 files take one writer)")
     check_image_root(config.data.image_root)
     records = load_karpathy(config.data.karpathy_json, config.data.image_root)
@@ -254,9 +237,8 @@ def _run(config: Config, output: ChunkedOutput, store: Path, shard: Shard,
     visual_proj = bundle.model.visual.proj
     proj = (visual_proj.detach().float().cpu().numpy() if visual_proj is not None
             else np.eye(bundle.width, bundle.embed_dim, dtype=np.float32))
-    action = output.open(store_arrays(bundle, config.store.dtype), len(records),
-                         store_attrs(bundle, config), whole={"visual_proj": proj})
-    messages = [f"extract clip: {action}"]
+    run.say(output.open(store_arrays(bundle, config.store.dtype), len(records),
+                        store_attrs(bundle, config), whole={"visual_proj": proj}))
     pending = output.pending()
     sampler = ClaimedBatches(output, [w.chunk for w in pending], config.clip.batch_size)
     dataset = ImageFiles(records, bundle.preprocess, bundle.image_size)
@@ -282,19 +264,16 @@ def _run(config: Config, output: ChunkedOutput, store: Path, shard: Shard,
         assembler.close()
     seconds = time.perf_counter() - started
     limit = failure_limit(config)
-    complete = output.finish({"images": len(records), "model": bundle.name,
-                              "weights": bundle.weights, "grid": list(bundle.grid_size),
-                              "patch_attention": bundle.patch_attention}, limit)
-    failed = output.failure_count() if complete else assembler.failed
-    messages.append(f"extract clip: {n_done} images in {seconds:.1f}s "
-                    f"({n_done / max(seconds, 1e-9):.1f} img/s"
-                    + (f", {assembler.retried} retried" if assembler.retried else "")
-                    + f"), {failed} failed"
-                    + ("" if complete else "; other shards still running"))
-    if complete and failed:
-        messages.append(f"warning: extract clip: {failed} of {len(records)} images could not be "
-                        f"read (within {limit.key} = {limit.fraction:g}); they are kept as "
-                        f"valid = 0 and listed in {failures_path(store)}")
-    return ExtractResult(store, skipped=False, complete=complete, processed=n_done,
-                         failed=failed, retried=assembler.retried, seconds=seconds,
-                         messages=messages)
+    failed = output.finish(limit)
+    failed = assembler.failed if failed is None else failed
+    run.say(f"{n_done} images in {seconds:.1f}s ({n_done / max(seconds, 1e-9):.1f} img/s"
+            + (f", {assembler.retried} retried" if assembler.retried else "")
+            + f"), {failed} failed" + ("" if run.complete else "; other shards still running"))
+    if run.complete and failed:
+        run.lines.append(f"warning: extract clip: {failed} of {len(records)} images could not "
+                         f"be read (within {limit.key} = {limit.fraction:g}); they are kept as "
+                         f"valid = 0 and listed in {failures_path(store)}")
+    return {"images": len(records), "model": bundle.name, "weights": bundle.weights,
+            "grid": list(bundle.grid_size), "patch_attention": bundle.patch_attention,
+            "failed": failed, "processed": n_done, "retried": assembler.retried,
+            "seconds": round(seconds, 3)}

@@ -2,7 +2,9 @@
 
 The vocabulary is the content words of the training captions seen at least
 `fsgr.concept_min_count` times (stop-words removed), or a user word list (`fsgr.concept_list`,
-one word or phrase per line). Each is encoded once by the run's CLIP text tower with
+one word or phrase per line), or with `fsgr.concept_source = "vg"` Visual Genome's most frequent
+object and attribute names (`vg.concepts_json`, written by preparing VG; an open alternative to
+FSGR's RAM tag list). Each is encoded once by the run's CLIP text tower with
 `fsgr.prompt_template`, L2-normalised, and saved as `runs/<dataset>/fsgr/concepts.npz`.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +20,10 @@ import torch
 from shared.atomic_files import atomic_path
 from shared.clip_model import create_clip
 from shared.config import Config
+from shared.datasets.visual_genome import vg_concept_words
 from shared.devices import resolve_device
 from shared.karpathy import load_karpathy, split_records
-from shared.manifest import decide, write_manifest
+from shared.stage_runner import StageResult, StageRun, run_stage
 from shared.stages import concepts_stage
 from shared.stopwords import STOPWORDS
 from shared.vocabulary import word_counts
@@ -48,7 +52,8 @@ class ConceptCodebook:
 
 
 def concept_words(config: Config) -> list[str]:
-    """The concept vocabulary: a user list, or frequent content words of training captions."""
+    """The concept vocabulary: a user list, VG's frequent names, or frequent content words of
+    training captions."""
     if config.fsgr.concept_list:
         path = Path(config.fsgr.concept_list)
         if not path.is_file():
@@ -58,6 +63,9 @@ def concept_words(config: Config) -> list[str]:
         if not words:
             raise ValueError(f"{path}: concept list is empty (fsgr.concept_list)")
         return words
+    if config.fsgr.concept_source == "vg":
+        return vg_concept_words(config.vg.concepts_json, config.vg.concept_objects,
+                                config.vg.concept_attributes, config.fsgr.concept_min_count)
     records = split_records(load_karpathy(config.data.karpathy_json, config.data.image_root),
                             "train")
     counts = word_counts(t for r in records for t in r.tokens)
@@ -82,14 +90,13 @@ def encode_concepts(config: Config, words: list[str], batch_size: int = 256) -> 
     return torch.cat(out).cpu().numpy().astype(np.float32)
 
 
-def build_concepts(config: Config, force: bool = False) -> tuple[ConceptCodebook, str]:
-    """Build (or load, when up to date) the concept codebook; returns it and a line."""
-    spec = concepts_stage(config)
-    decision = decide(spec, config, force=force)
-    if decision.up_to_date:
-        return ConceptCodebook.load(spec.output), f"extract concepts: {decision.reason}"
-    words = concept_words(config)
-    codebook = ConceptCodebook(words, encode_concepts(config, words))
-    codebook.save(spec.output)
-    write_manifest(spec, config, {"concepts": len(words), "examples": words[:10]})
-    return codebook, f"extract concepts: {len(words)} concepts encoded ({', '.join(words[:6])}, ...)"
+def build_concepts(config: Config, force: bool = False) -> StageResult:
+    """Build (or skip, when up to date) the concept codebook."""
+    return run_stage(concepts_stage(config), config, _build_codebook, force=force)
+
+
+def _build_codebook(run: StageRun) -> dict[str, Any]:
+    words = concept_words(run.config)
+    ConceptCodebook(words, encode_concepts(run.config, words)).save(run.spec.output)
+    run.say(f"{len(words)} concepts encoded ({', '.join(words[:6])}, ...)")
+    return {"concepts": len(words), "examples": words[:10]}

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from extract.fsgr_fit import FsgrMeta, load_fsgr
-from shared.chunked_stage import ChunkedOutput
+from shared.models.factory import FsgrMeta, load_fsgr
+from shared.chunked_stage import ChunkedOutput, run_chunked
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import ArraySpec, FeatureStore
 from shared.manifest import read_manifest, require_current
+from shared.stage_runner import StageResult
 from shared.stages import clip_stage, concepts_stage, encode_stage, fit_stage
 
 
@@ -54,24 +55,20 @@ def _encode_chunk(encoder: torch.nn.Module, data: dict[str, np.ndarray], meta: F
             "image_ids": data["image_ids"], "valid": data["valid"]}
 
 
-def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> list[str]:
-    """Fill (or resume, or skip) the FSGR feature store; returns the lines to print.
+def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> StageResult:
+    """Fill (or resume, or skip) the FSGR feature store.
 
     Raises `OutputBusy` when another process is writing the store.
     """
-    clip_spec = clip_stage(config)
-    require_current(clip_spec, config, "python -m extract clip")
-    require_current(fit_stage(config), config, "python -m extract fit")
-    spec = encode_stage(config)
-    with ChunkedOutput(spec, config, force=force, what="extract encode") as output:
-        if output.up_to_date:
-            return [f"extract encode: {output.reason}"]
-        return _encode(config, output, clip_spec.output, progress)
+    require_current(clip_stage(config), config)
+    require_current(fit_stage(config), config)
+    return run_chunked(encode_stage(config), config, lambda output: _encode(output, progress),
+                       force=force)
 
 
-def _encode(config: Config, output: ChunkedOutput, clip_path: Path,
-            progress: bool) -> list[str]:
-    """The work of `encode_fsgr` once it is known there is some."""
+def _encode(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
+    """The work of `encode_fsgr` once it is known there is some; returns the summary."""
+    config, run, clip_path = output.config, output.run, clip_stage(output.config).output
     device = resolve_device(config.clip.device)
     encoder, meta = load_fsgr(config, device)
     concepts = read_manifest(concepts_stage(config).output) or {}
@@ -89,7 +86,7 @@ def _encode(config: Config, output: ChunkedOutput, clip_path: Path,
         attrs = {"kind": "fsgr", "clip_model": meta.clip_model, "grid": list(meta.grid),
                  "n_patches": n_patches, "width": config.fsgr.d_model, "top_k": k,
                  "n_concepts": meta.n_concepts, "concepts_identity": meta.concepts_identity}
-        action = output.open(arrays, n_rows, attrs)
+        run.say(output.open(arrays, n_rows, attrs))
         chunks = output.pending_chunks()
 
         def read(chunk: int) -> dict[str, np.ndarray]:
@@ -118,7 +115,7 @@ def _encode(config: Config, output: ChunkedOutput, clip_path: Path,
             if writing is not None:
                 writing.result()
     seconds = time.perf_counter() - started
-    complete = output.finish({"images": n_rows, "grid": list(meta.grid), "top_k": k})
-    return [f"extract encode: {action}",
-            f"extract encode: {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} "
-            f"img/s)" + ("" if complete else "; incomplete")]
+    failed = output.finish()
+    run.say(f"{done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} img/s)"
+            + ("" if run.complete else "; incomplete"))
+    return {"images": n_rows, "grid": list(meta.grid), "top_k": k, "failed": failed}

@@ -8,8 +8,8 @@
   numpy and matplotlib choose the format from it. `durable=True` also fsyncs the file before
   the rename and the folder after it (a power cut leaves the old file or the new one).
   `tmp_name` fixes the temporary name instead (checkpoints keep `<name>.tmp`).
-- `write_text_atomic`, `write_bytes_atomic`, `write_json_atomic`: whole-file writes through
-  it (they create the folder; `atomic_path` leaves that to the caller).
+- `write_text_atomic`, `write_bytes_atomic`, `write_json_atomic`, `write_npz_atomic`:
+  whole-file writes through it (they create the folder; `atomic_path` leaves that to you).
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["atomic_path", "fsync_dir", "temp_path", "write_bytes_atomic", "write_json_atomic",
-           "write_text_atomic"]
+           "write_npz_atomic", "write_text_atomic"]
 
 
 def temp_path(path: Path) -> Path:
@@ -97,3 +99,11 @@ def write_json_atomic(path: str | Path, payload: Any, *, durable: bool = True) -
     """Write `payload` as JSON (indent 2, sorted keys) atomically, creating the folder;
     durable by default: manifests and records are what later stages trust."""
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True), durable=durable)
+
+
+def write_npz_atomic(path: str | Path, arrays: dict[str, Any], *, durable: bool = False) -> None:
+    """Write `arrays` as an .npz atomically (`atomic_path`), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, durable=durable) as tmp, tmp.open("wb") as fh:  # no second ".npz"
+        np.savez(fh, **arrays)

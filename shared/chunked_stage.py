@@ -1,9 +1,10 @@
 """Resumable, shardable output of a stage that fills a feature store chunk by chunk.
 
-Used by `extract clip` and `extract encode`. It decides between skip / resume / rebuild from the
-stage manifest and the identity recorded in the store, hands out the chunks this shard still has
-to compute, commits each chunk after its rows are written, and writes the manifest (and the
-failures file) once every chunk of every shard is committed.
+Used by `extract clip` and `extract encode`, inside `shared.stage_runner.run_stage` (which skips
+an up-to-date store and writes the manifest): it decides between resume and rebuild from the
+identity recorded in the store, hands out the chunks this shard still has to compute, commits
+each chunk after its rows are written, and writes the failures file once every chunk of every
+shard is committed (until then the run is not `complete`: no manifest).
 
 Writers: a whole-store run holds `<store>.lock` exclusively (`shared.output_lock`); the shards
 of `--shard i/n` hold it together (shared) and claim each chunk with a non-blocking flock on
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ import numpy as np
 
 from shared.config import Config
 from shared.feature_store import ArraySpec, CommitLog, FeatureStore, remove_store, store_lock
-from shared.manifest import (StageSpec, current_state, decide, read_manifest, remove_manifest,
-                             write_manifest)
+from shared.manifest import StageSpec
 from shared.output_lock import output_lock, release_flock, try_flock
+from shared.stage_runner import StageResult, StageRun, label, run_stage
 
 @dataclass(frozen=True)
 class Shard:
@@ -85,49 +86,43 @@ class TooManyFailures(RuntimeError):
     """Every chunk is committed but more inputs failed than the `FailureLimit` allows."""
 
 
-class ChunkedOutput:
-    """The store a chunked stage writes, opened for skip, resume or rebuild.
+def run_chunked(spec: StageSpec, config: Config, build: Callable[[ChunkedOutput], dict[str, Any]],
+                *, force: bool = False, shard: Shard = Shard()) -> StageResult:
+    """`run_stage` for a store filled chunk by chunk: under the output lock (shared between the
+    processes of `--shard i/n`), `build` gets the store's `ChunkedOutput` (its `run` to `say`
+    lines) and returns the manifest summary."""
+    def in_store(run: StageRun) -> dict[str, Any]:
+        with ChunkedOutput(run, shard) as output:
+            return build(output)
 
-    Use as a context manager: entering takes the output lock (shared between shards) and
-    decides skip / run; leaving releases the chunk claims, the store and the lock.
+    with output_lock(spec.output, label(spec), shared=shard.count > 1):
+        return run_stage(spec, config, in_store, force=force)
+
+
+class ChunkedOutput:
+    """The store a chunked stage writes, opened for resume or rebuild (`run_chunked`).
+
+    Use as a context manager: leaving releases the chunk claims and closes the store.
     """
 
-    def __init__(self, spec: StageSpec, config: Config, *, force: bool = False,
-                 shard: Shard = Shard(), what: str = "") -> None:
-        self.spec, self.config, self.shard = spec, config, shard
-        self.what = what or spec.name
-        self.log = CommitLog(spec.output)
+    def __init__(self, run: StageRun, shard: Shard = Shard()) -> None:
+        self.run, self.spec, self.config, self.shard = run, run.spec, run.config, shard
+        self.log = CommitLog(run.spec.output)
         self.store: FeatureStore | None = None
-        self.state: dict[str, Any] = {}  # config + input identities, set on entering
-        self.up_to_date, self.reason = False, ""
-        self._force = force
         self._claims: dict[int, int] = {}
         self._claims_guard = threading.Lock()
-        self._exit = ExitStack()
 
     def __enter__(self) -> ChunkedOutput:
-        self._exit.enter_context(output_lock(self.spec.output, self.what,
-                                             shared=self.shard.count > 1))
-        try:
-            self.state = current_state(self.spec, self.config)
-            decision = decide(self.spec, self.config, force=self._force)
-        except BaseException:
-            self._exit.close()
-            raise
-        self.up_to_date, self.reason = decision.up_to_date, decision.reason
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            with self._claims_guard:
-                claims, self._claims = self._claims, {}
-            for fd in claims.values():
-                release_flock(fd)
-            if self.store is not None:
-                self.store.close()
-                self.store = None
-        finally:
-            self._exit.close()
+        with self._claims_guard:
+            claims, self._claims = self._claims, {}
+        for fd in claims.values():
+            release_flock(fd)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def open(self, arrays: list[ArraySpec], n_rows: int, attrs: dict[str, Any],
              whole: dict[str, np.ndarray] | None = None) -> str:
@@ -135,13 +130,12 @@ class ChunkedOutput:
         path = self.spec.output
         rows_per_chunk = self.config.store.rows_per_chunk
         with store_lock(path):
-            existing = _identity_of(path)
-            if existing is not None and (self._force and self.shard.index == 0
-                                         or existing != self.state["identity"]):
-                what = ("--force" if self._force else
-                        f"it was started for another config or input; {self.reason}")
+            existing, run = _identity_of(path), self.run
+            if existing is not None and (run.force and self.shard.index == 0
+                                         or existing != run.identity):
+                what = ("--force" if run.force else
+                        f"it was started for another config or input; {run.reason}")
                 remove_store(path)
-                remove_manifest(path)
                 failures_path(path).unlink(missing_ok=True)
                 existing = None
                 action = f"rebuilding {path} ({what})"
@@ -154,8 +148,7 @@ class ChunkedOutput:
                 action = f"creating {path}"
             if existing is None:
                 self.log.reset()
-                meta = {**attrs, "identity": self.state["identity"],
-                        "config": self.state["config"]}
+                meta = {**attrs, "identity": run.identity, "config": run.state["config"]}
                 store = FeatureStore.create(path, arrays, n_rows, rows_per_chunk, meta)
                 for name, value in (whole or {}).items():
                     store.write_whole(name, value)
@@ -216,11 +209,10 @@ class ChunkedOutput:
                                 "retried": int(record.get("retried", 0)) + len(rows)})
         self._release(chunk)
 
-    def finish(self, summary: dict[str, Any], limit: FailureLimit | None = None) -> bool:
-        """Write manifest + failures file if every chunk is committed; True when complete.
-
-        False while chunks are missing or another process is still retrying failed rows;
-        `TooManyFailures` (failures file written, no manifest) beyond `limit`.
+    def finish(self, limit: FailureLimit | None = None) -> int | None:
+        """Write the failures file if every chunk is committed and return the number of failed
+        inputs; None (and `run.complete = False`: no manifest) while chunks are missing or
+        another process is still retrying failed rows; `TooManyFailures` beyond `limit`.
         """
         assert self.store is not None
         n_chunks, n_rows = self.store.n_chunks, self.store.n_rows
@@ -228,31 +220,22 @@ class ChunkedOutput:
         self.store = None
         with store_lock(self.spec.output):
             committed = self.log.committed()
-            if len(committed) < n_chunks:
-                return False
             failed_chunks = [c for c in sorted(committed) if committed[c]["failures"]]
-            if any(self._claimed_elsewhere(c) for c in failed_chunks):
-                return False
+            if len(committed) < n_chunks or any(self._claimed_elsewhere(c)
+                                                for c in failed_chunks):
+                self.run.complete = False
+                return None
             failures = [f for c in failed_chunks for f in committed[c]["failures"]]
             path = failures_path(self.spec.output)
             with path.open("w") as fh:
                 for failure in failures:
                     fh.write(json.dumps(failure) + "\n")
             if limit is not None and limit.exceeded(len(failures), n_rows):
-                remove_manifest(self.spec.output)
                 raise TooManyFailures(
-                    f"{self.what}: {len(failures)} of {n_rows} {limit.noun} failed, more than "
-                    f"{limit.key} = {limit.fraction:g} allows; not marked complete (a re-run "
+                    f"{label(self.spec)}: {len(failures)} of {n_rows} {limit.noun} failed, more "
+                    f"than {limit.key} = {limit.fraction:g} allows; not marked complete (a re-run "
                     f"retries only the failed ones); failure list: {path}")
-            if read_manifest(self.spec.output) is None:
-                write_manifest(self.spec, self.config, {**summary, "failed": len(failures)},
-                               state=self.state)
-        return True
-
-    def failure_count(self) -> int:
-        """Number of failed inputs recorded by the complete store's manifest."""
-        manifest = read_manifest(self.spec.output) or {}
-        return int(manifest.get("summary", {}).get("failed", 0))
+        return len(failures)
 
     def _work(self, chunk: int, record: dict[str, Any] | None) -> ChunkWork:
         assert self.store is not None

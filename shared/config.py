@@ -35,6 +35,7 @@ class DataConfig:
     name: str = "demo"           # the run's name: outputs go to <run_root>/<name>/
     kind: str = "karpathy"       # what `shared.datasets prepare` does: "demo" (generate),
                                  # "coco" (download), "flickr30k" (check / print the steps),
+                                 # "vg" / "nocaps" (convert their own files),
                                  # "karpathy" (a Karpathy-format json already on disk: check)
     karpathy_json: str = "data/demo/dataset_demo.json"   # defaults: where the demo is written
     image_root: str = "data/demo/images"
@@ -66,6 +67,23 @@ class DemoConfig:
     prior_strength: float = 0.95         # share of would-be lone-member scenes that are paired
     counter_prior_fraction: float = 0.3  # test scenes forced to show one member without its pair
     synonym_rate: float = 0.5            # share of object mentions using a synonym, not the name
+
+
+@dataclass
+class VgConfig:
+    """Visual Genome conversion (`data.kind = "vg"`, shared/datasets/visual_genome.py)."""
+
+    root: str = "data/vg"                 # image_data.json, objects.json, ..., VG_100K{,_2}/
+    caption_source: str = "paragraphs"    # "paragraphs" (Krause et al. 2017) or "regions"
+    regions_per_image: int = 5            # regions: the N largest distinct region phrases
+    n_val: int = 5000                     # regions: images drawn (vg.seed) for val / test
+    n_test: int = 5000
+    seed: int = 0
+    coco_karpathy_json: str = "data/coco/dataset_coco.json"  # leakage guard ("": off)
+    object_categories: int = 150          # CHAIR categories: most frequent object names
+    concepts_json: str = "data/vg/vg_concepts.json"  # object / attribute counts (concepts)
+    concept_objects: int = 3000           # fsgr.concept_source = "vg": at most this many
+    concept_attributes: int = 1000        # object and attribute names
 
 
 @dataclass
@@ -110,6 +128,8 @@ class FsgrConfig:
     contrastive_weight: float = 0.25
     concept_min_count: int = 5
     concept_list: str = ""
+    concept_source: str = "captions"  # "captions": training captions' content words; "vg":
+                                      # Visual Genome's frequent object / attribute names
     prompt_template: str = "a photo of a {}"
     epochs: int = 10
     batch_size: int = 50
@@ -222,6 +242,7 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    vg: VgConfig = field(default_factory=VgConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     fsgr: FsgrConfig = field(default_factory=FsgrConfig)
@@ -527,7 +548,7 @@ LAYERS = 256
 
 RULES: dict[str, Rule] = {
     "data.name": _folder_name(),
-    "data.kind": _one_of("demo", "coco", "flickr30k", "karpathy"),
+    "data.kind": _one_of("demo", "coco", "flickr30k", "vg", "nocaps", "karpathy"),
     "data.karpathy_json": _path("file"),
     "data.image_root": _path("dir"),
     "data.captions_json": _paths("file"),
@@ -552,6 +573,17 @@ RULES: dict[str, Rule] = {
     "demo.prior_strength": _non_negative(1.0),
     "demo.counter_prior_fraction": _non_negative(1.0),
     "demo.synonym_rate": _non_negative(1.0),
+    "vg.root": _path(),
+    "vg.caption_source": _one_of("paragraphs", "regions"),
+    "vg.regions_per_image": _integer(1, 1000),
+    "vg.n_val": _integer(0, 1_000_000),
+    "vg.n_test": _integer(0, 1_000_000),
+    "vg.seed": _seed(),
+    "vg.coco_karpathy_json": _path(optional=True),
+    "vg.object_categories": _integer(1, 100_000),
+    "vg.concepts_json": _path(),
+    "vg.concept_objects": _integer(0, 1_000_000),
+    "vg.concept_attributes": _integer(0, 1_000_000),
     "clip.model": _text(),
     "clip.pretrained": Rule('a hub tag such as "openai", an open_clip "hf-hub:org/repo" name, a '
                             'local checkpoint file, or "random" (random weights)', _is_path),
@@ -576,6 +608,7 @@ RULES: dict[str, Rule] = {
     "fsgr.contrastive_weight": _non_negative(1000.0),
     "fsgr.concept_min_count": _integer(1, BIG),
     "fsgr.concept_list": _path("file", optional=True),
+    "fsgr.concept_source": _one_of("captions", "vg"),
     "fsgr.prompt_template": _template(),
     "fsgr.epochs": _integer(1, EPOCHS),
     "fsgr.batch_size": _integer(1, BATCH),
@@ -664,6 +697,9 @@ RELATIONS: tuple[Relation, ...] = (
              "{a}={va} is fewer than {b}={vb}; use 0 (every key) or at least {vb}"),
     Relation("scst.n_samples", "scst.baseline", lambda n, b: n >= 2 or b == "greedy",
              "{a}={va} must be >= 2 with {b}={vb} (it averages several candidates)"),
+    Relation("fsgr.concept_list", "fsgr.concept_source", lambda f, s: not f or s == "captions",
+             "{a}={va} replaces the caption-derived vocabulary; it cannot be combined with "
+             "{b}={vb}"),
     Relation("eval.max_length", "data.max_caption_words", lambda n, w: n <= w + 2,
              "{a}={va} is more than {b}={vb} + 2 (the decoder's positions)"),
 )

@@ -41,7 +41,8 @@ class StaleInputError(RuntimeError):
 @dataclass
 class StageSpec:
     """One stage output: where it goes, which config keys, plain input files and upstream
-    stages it depends on, and the command that builds it."""
+    stages it depends on, the command that builds it, and how it names itself in what it
+    prints when not by its name ("demo data" for "datasets.demo")."""
 
     name: str
     output: Path
@@ -49,6 +50,7 @@ class StageSpec:
     inputs: list[Path] = field(default_factory=list)
     upstream: list[StageSpec] = field(default_factory=list)
     command: str = ""
+    label: str = ""
 
     @property
     def manifest_path(self) -> Path:

@@ -33,7 +33,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from shared.atomic_files import atomic_path
+from shared.atomic_files import write_npz_atomic
 
 INIT_METHOD = faiss.ClusteringInitMethod_AFK_MC2
 
@@ -278,14 +278,6 @@ def memory_prototypes(keys: np.ndarray, values: np.ndarray, m: int, knn: int, n_
 
 
 # ------------------------------------------------------------------------------ file formats
-def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an npz via a temporary file + fsync + rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, durable=True) as tmp, tmp.open("wb") as fh:
-        np.savez(fh, **arrays)
-
-
 def _write_layers(path: Path, keys: Sequence[np.ndarray], values: Sequence[np.ndarray],
                   dtype: str) -> None:
     if len(keys) != len(values):
@@ -294,7 +286,7 @@ def _write_layers(path: Path, keys: Sequence[np.ndarray], values: Sequence[np.nd
     for layer, (k, v) in enumerate(zip(keys, values)):
         arrays[f"keys_{layer}"] = np.asarray(k, dtype=dtype)
         arrays[f"values_{layer}"] = np.asarray(v, dtype=dtype)
-    save_npz_atomic(path, arrays)
+    write_npz_atomic(path, arrays, durable=True)
 
 
 def _read_layers(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -1,7 +1,7 @@
 """A training phase's per-epoch log: JSON lines, mirrored as TensorBoard scalars on request.
 
 `RunLog.write` appends a record to the phase's JSON-lines file (`train/log.jsonl`,
-`fsgr/fit_log.jsonl`) as `json.dumps(record)` + newline, on the main rank only. With
+`train/scst/log.jsonl`, `fsgr/fit_log.jsonl`) as `json.dumps(record)` + newline, on the main rank only. With
 `train.tensorboard = true` every numeric field of the record also becomes a TensorBoard scalar
 `<phase>/<field>` (`xe/train_loss`, `scst/mean_reward`, `fit/val_cider`), written by a
 `torch.utils.tensorboard.SummaryWriter` into `<log folder>/tensorboard/<phase>/` and flushed
@@ -14,7 +14,8 @@ a list of numbers as one scalar per entry (`<field>/<index>`); booleans, strings
 Global step: the record's `step` (optimizer steps of the phase so far; `epoch` for a record
 without one), so epoch records and refreshes share one axis. XE and SCST each count steps
 from 0, hence one folder (one TensorBoard run) per phase:
-`tensorboard --logdir runs/<dataset>/train/tensorboard` shows the runs `xe` and `scst`.
+`tensorboard --logdir runs/<dataset>/train` shows the runs `tensorboard/xe` and
+`scst/tensorboard/scst`.
 
 Restarts follow the JSON log. A phase that starts over deletes its events with its records
 (`start_over`). A resumed phase (`resume`) drops the records after its resume point and adds a
@@ -103,19 +104,13 @@ class RunLog:
         """This phase's TensorBoard run: `<log folder>/tensorboard/<phase>/`."""
         return self.path.parent / "tensorboard" / self.phase
 
-    def start_over(self, drop: Callable[[dict], bool] | None = None) -> None:
-        """A phase starting from scratch. Without `drop` the log belongs to this phase alone:
-        it goes, with every phase's events; with `drop` only the records it selects and this
-        phase's events go (SCST in the log XE wrote first). Events go also when TensorBoard
-        is off now: they would describe records that are gone."""
+    def start_over(self) -> None:
+        """A phase starting from scratch: its log goes, with the events beside it (also when
+        TensorBoard is off now: they would describe records that are gone)."""
         if not self.main:
             return
-        if drop is None:
-            self.path.unlink(missing_ok=True)
-            shutil.rmtree(self.events_dir.parent, ignore_errors=True)
-        else:
-            drop_log_records(self.path, drop)
-            shutil.rmtree(self.events_dir, ignore_errors=True)
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.events_dir.parent, ignore_errors=True)
         self._purge_step = None
 
     def resume(self, drop: Callable[[dict], bool], step: int) -> None:

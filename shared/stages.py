@@ -22,6 +22,9 @@ CLIP_KEYS = ["data.karpathy_json", "data.image_root", "clip.model", "clip.pretra
 VOCAB_KEYS = ["data.karpathy_json", "data.min_word_count"]
 CONCEPT_KEYS = ["data.karpathy_json", "clip.model", "clip.pretrained", "fsgr.concept_min_count",
                 "fsgr.concept_list", "fsgr.prompt_template"]
+VG_CONCEPT_KEYS = ["fsgr.concept_source", "vg.concept_objects", "vg.concept_attributes"]
+"""Concept keys only with `fsgr.concept_source = "vg"` (its counts file is an input), so adding
+them kept every caption-derived codebook built before them up to date."""
 FIT_KEYS = ["fsgr", "decoder.d_model", "decoder.n_heads", "decoder.n_dec_layers",
             "decoder.d_ff", "decoder.dropout", "data.max_caption_words",
             "train.decay_every", "train.decay_factor", "train.grad_clip", "train.shuffle_buffer",
@@ -75,7 +78,11 @@ def concepts_stage(config: Config) -> StageSpec:
     inputs = [Path(config.data.karpathy_json), *_checkpoint_inputs(config)]
     if config.fsgr.concept_list:
         inputs.append(Path(config.fsgr.concept_list))
-    return StageSpec("extract.concepts", fsgr_dir(config) / "concepts.npz", CONCEPT_KEYS, inputs,
+    keys = CONCEPT_KEYS
+    if config.fsgr.concept_source == "vg":
+        inputs.append(Path(config.vg.concepts_json))
+        keys = [*CONCEPT_KEYS, *VG_CONCEPT_KEYS]
+    return StageSpec("extract.concepts", fsgr_dir(config) / "concepts.npz", keys, inputs,
                      command="python -m extract concepts")
 
 

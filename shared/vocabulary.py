@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.atomic_files import write_text_atomic
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 _WORD_CATEGORIES = ("L", "N", "M")  # Unicode letters, digits/numbers, combining marks
@@ -91,7 +93,7 @@ class Vocabulary:
         return " ".join(out)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"words": self.words}, indent=0))
+        write_text_atomic(path, json.dumps({"words": self.words}, indent=0))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

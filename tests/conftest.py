@@ -162,5 +162,5 @@ def scored_run(demo_run) -> tuple[Config, list[str], list[str]]:
     sets = [*sets, *SCORED_TRAIN_SETS]
     config = load_config(DEMO_CONFIG, sets)
     train(config, progress=False)
-    lines = score(config, progress=False)
+    lines = score(config, progress=False).lines
     return config, sets, lines

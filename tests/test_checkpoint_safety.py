@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import shared.checkpoint_files as checkpoint_files
 from evaluate.__main__ import app as evaluate_app
 from evaluate.checkpoint import load_trained_decoder
-from extract.fsgr_fit import load_fsgr
+from shared.models.factory import load_fsgr
 from shared.checkpoint_files import (DiskFull, Rotation, UnreadableCheckpoint, keep_previous,
                                      load_checkpoint, pick_resume_point, previous_path,
                                      save_atomic)

@@ -217,7 +217,7 @@ def fake_caches(root: Path) -> tuple[Config, list[str], np.ndarray]:
 
 def test_cluster_features_writes_skips_and_reruns(tmp_path: Path) -> None:
     config, sets, centres = fake_caches(tmp_path)
-    lines = cluster_features(config, progress=False)
+    lines = cluster_features(config, progress=False).lines
     assert lines[0] == "cluster features: no complete output yet"
     assert "6 prototypes of 300/368 fsgr patch vectors (23 train images, d=12)" in lines[1]
     spec = cluster_features_stage(config)
@@ -232,18 +232,20 @@ def test_cluster_features_writes_skips_and_reruns(tmp_path: Path) -> None:
     summary = read_manifest(spec.output)["summary"]
     assert summary["n_images"] == 23 and summary["n_candidates"] == 23 * PATCHES
 
-    assert cluster_features(config, progress=False) == [
+    assert cluster_features(config, progress=False).lines == [
         f"cluster features: up to date ({spec.output})"]
     again = load_config(DEMO_CONFIG, [*sets, "memory.n_cross_prototypes=4"])
-    lines = cluster_features(again, progress=False)
+    lines = cluster_features(again, progress=False).lines
     assert lines[0] == ("cluster features: config changed "
                         "(memory.n_cross_prototypes: 6 -> 4)")
     assert read_feature_prototypes(spec.output).shape == (4, DIM)
     clip = load_config(DEMO_CONFIG, [*sets, 'decoder.visual_input="clip"'])
-    assert "decoder.visual_input: 'fsgr' -> 'clip'" in cluster_features(clip, progress=False)[0]
+    assert "decoder.visual_input: 'fsgr' -> 'clip'" in \
+        cluster_features(clip, progress=False).lines[0]
     with np.load(spec.output) as data:
         assert str(data["source"]) == "clip" and str(data["array"]) == "patch_tokens"
-    assert cluster_features(clip, force=True, progress=False)[0] == "cluster features: --force"
+    assert cluster_features(clip, force=True, progress=False).lines[0] == \
+        "cluster features: --force"
 
 
 def test_cluster_features_refuses_a_missing_or_stale_cache(tmp_path: Path) -> None:
@@ -275,7 +277,7 @@ def test_cluster_activations(tmp_path: Path) -> None:
     with pytest.raises(NoBankDump, match=r"run `make train` first"):
         cluster_activations(config, progress=False)
     write_bank_dump(config)
-    lines = cluster_activations(config, progress=False)
+    lines = cluster_activations(config, progress=False).lines
     assert "2 layers x 8 prototypes (knn 4) from 200 keys per layer" in lines[1]
     spec = cluster_activations_stage(config)
     layers = read_memory_prototypes(spec.output)
@@ -284,18 +286,18 @@ def test_cluster_activations(tmp_path: Path) -> None:
     keys, values = (b.astype(np.float32) for b in banks[1])
     _, nearest = knn_search(keys, layers[1][0], 4)
     np.testing.assert_allclose(layers[1][1], values[nearest].mean(1), atol=1e-5)
-    assert cluster_activations(config, progress=False)[0].startswith(
+    assert cluster_activations(config, progress=False).lines[0].startswith(
         "cluster activations: up to date")
     other = load_config(DEMO_CONFIG, [*sets, "memory.knn=6"])
     write_bank_dump(other)  # [memory] is part of the training run: its banks are another run's
-    assert "memory.knn: 4 -> 6" in cluster_activations(other, progress=False)[0]
+    assert "memory.knn: 4 -> 6" in cluster_activations(other, progress=False).lines[0]
     retrained = load_config(DEMO_CONFIG, [*sets, "memory.knn=6", "train.lr=1e-3"])
     write_bank_dump(retrained, seed=1)  # a new dump, from a run with another train.lr
-    assert "input changed" in cluster_activations(retrained, progress=False)[0]
+    assert "input changed" in cluster_activations(retrained, progress=False).lines[0]
     # a bank smaller than memory.n_prototypes: one prototype per key, said (the trainer's rule)
     too_many = load_config(DEMO_CONFIG, [*sets, "memory.n_prototypes=300", "memory.knn=250"])
     write_bank_dump(too_many)
-    lines = cluster_activations(too_many, progress=False)
+    lines = cluster_activations(too_many, progress=False).lines
     warning = (f"warning: {memory_banks_path(config)} layer 0: 200 keys, fewer than "
                "memory.n_prototypes=300: 200 prototypes built; memory.knn=250 clipped to 200")
     assert lines[1] == warning and lines[2].startswith("warning: ")

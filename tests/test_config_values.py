@@ -56,6 +56,11 @@ ZERO_OK = {
     "demo.counter_prior_fraction": "0: no forced counter-prior test scene",
     "demo.synonym_rate": "0: objects are always called by their category name",
     "decoder.dropout": "0: no dropout",
+    "vg.seed": "a seed; 0 is as good as any",
+    "vg.n_val": "0: no VG val images (regions captions)",
+    "vg.n_test": "0: no VG test images (regions captions)",
+    "vg.concept_objects": "0: VG concepts from attribute names only",
+    "vg.concept_attributes": "0: VG concepts from object names only",
 }
 NO_UPPER_BOUND = {
     "train.grad_clip": "a huge maximum norm just means no clipping",
@@ -78,6 +83,7 @@ EMPTY_OK = {
     "data.instances_json": "empty list: no instance annotations, CHAIR skipped",
     "eval.subsets": "empty table: no named subsets of the split",
     "demo.prior_pairs": "empty list: no language prior in the demo scenes",
+    "vg.coco_karpathy_json": "empty: the VG leakage guard is off (said on every prepare)",
 }
 MALFORMED = {  # one wrong but well-typed value of every string key
     "data.name": '"runs/coco"', "data.kind": '"imagenet"', "data.karpathy_json": '"  "',
@@ -92,6 +98,8 @@ MALFORMED = {  # one wrong but well-typed value of every string key
     "eval.chair_vocabulary": '"mine"',
     "data.captions_json": '[""]', "data.instances_json": '["  "]',
     "demo.prior_pairs": '["star"]',
+    "vg.root": '"  "', "vg.caption_source": '"sentences"', "vg.coco_karpathy_json": '"  "',
+    "vg.concepts_json": '"  "', "fsgr.concept_source": '"ram"',
 }
 
 
@@ -218,7 +226,7 @@ def test_config_by_shipped_name_or_path(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "demo").write_text('[data]\nname = "mine"\n')  # an existing file wins
     assert load_config("demo").data.name == "mine"
     with pytest.raises(ConfigError, match=r"^config file not found: imagenet \(a path, or a "
-                                          r"shipped config: coco, demo, flickr30k\)$"):
+                                          r"shipped config: coco, demo, flickr30k, nocaps, vg\)$"):
         load_config("imagenet")
     with pytest.raises(ConfigError, match=r"^config file not found: sub/demo.toml$"):
         load_config("sub/demo.toml")

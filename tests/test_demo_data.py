@@ -190,11 +190,14 @@ def test_captions_mention_every_object(demo: DemoPaths) -> None:
 
 def test_manifest_skips_second_run(tmp_path: Path) -> None:
     config = demo_config(tmp_path / "demo")
-    ran, line = prepare_demo_data(config)
+    result = prepare_demo_data(config)
+    ran, [line] = result.ran, result.lines
     assert ran and "wrote" in line
-    ran, line = prepare_demo_data(config)
+    result = prepare_demo_data(config)
+    ran, [line] = result.ran, result.lines
     assert not ran and "up to date" in line and "\n" not in line
-    ran, line = prepare_demo_data(demo_config(tmp_path / "demo", "demo.seed=3"))
+    result = prepare_demo_data(demo_config(tmp_path / "demo", "demo.seed=3"))
+    ran, [line] = result.ran, result.lines
     assert ran and "demo.seed" in line
 
 

@@ -77,11 +77,11 @@ def test_metrics_json_keys_and_ranges(scored) -> None:
 
 def test_rerun_skips_and_changed_beam_redecodes(scored) -> None:
     config, sets, _ = scored
-    lines = score(config, progress=False)
+    lines = score(config, progress=False).lines
     assert lines[0].startswith("evaluate captions: up to date")
     assert lines[1].startswith("evaluate score: up to date")
     greedy = load_config(DEMO_CONFIG, [*sets, "eval.beam_size=1"])
-    lines = score(greedy, progress=False)
+    lines = score(greedy, progress=False).lines
     assert "beam 1" in lines[0]
     score(config, progress=False)  # back to beam 5 for the other tests
 
@@ -235,7 +235,7 @@ def memoryless(demo_run, scored):
     manifest = json.loads(manifest_path(train_dir(config) / "best.pt").read_text())
     manifest["summary"]["warnings"] = ["warning: made up by the test"]
     manifest_path(train_dir(config) / "best.pt").write_text(json.dumps(manifest))
-    lines = score(config, progress=False)
+    lines = score(config, progress=False).lines
     return config, lines
 
 

@@ -43,11 +43,11 @@ def extracted(request, tmp_path_factory, image_dataset, tiny_checkpoint):
 
 def test_store_layout_and_values_match_open_clip(extracted, tiny_checkpoint) -> None:
     fmt, config, result = extracted
-    assert result.complete and not result.skipped and result.failed == 0
-    assert result.store.suffix == (".zarr" if fmt == "zarr" else ".h5")
+    assert result.complete and result.ran and result.summary["failed"] == 0
+    assert result.output.suffix == (".zarr" if fmt == "zarr" else ".h5")
     bundle = create_clip(config.clip.model, str(tiny_checkpoint))
     rows, cols = bundle.grid_size
-    arrays = read_all(result.store)
+    arrays = read_all(result.output)
     assert arrays["patch_tokens"].shape == (40, rows * cols, bundle.width)
     assert arrays["patch_tokens"].dtype == np.float16
     assert arrays["image_embed"].shape == (40, bundle.embed_dim)
@@ -69,18 +69,18 @@ def test_store_layout_and_values_match_open_clip(extracted, tiny_checkpoint) -> 
     np.testing.assert_allclose(arrays["patch_tokens"][picks].astype(np.float32), tokens.numpy(),
                                rtol=2e-3, atol=2e-3)
 
-    with FeatureStore.open(result.store) as store:
+    with FeatureStore.open(result.output) as store:
         assert store.attrs["grid"] == [rows, cols] and store.attrs["model"] == config.clip.model
-    manifest = read_manifest(result.store)
+    manifest = read_manifest(result.output)
     assert manifest["summary"]["images"] == 40 and manifest["summary"]["failed"] == 0
 
 
 def test_second_run_skips_and_config_change_reruns(extracted, tmp_path) -> None:
     fmt, config, result = extracted
     again = extract_clip(config, progress=False)
-    assert again.skipped and "up to date" in again.messages[0]
+    assert not again.ran and "up to date" in again.lines[0]
     downstream = StageSpec("test.downstream", tmp_path / "down.json", ["data.name"],
-                           [result.store])
+                           [result.output])
     from shared.manifest import write_manifest
     downstream.output.write_text("{}")
     write_manifest(downstream, config)
@@ -91,10 +91,10 @@ def test_second_run_skips_and_config_change_reruns(extracted, tmp_path) -> None:
     decision = decide(clip_stage(changed), changed)
     assert not decision.up_to_date and "store.rows_per_chunk: 8 -> 16" in decision.reason
     rebuilt = extract_clip(changed, progress=False)
-    assert not rebuilt.skipped and "rebuilding" in rebuilt.messages[0]
+    assert rebuilt.ran and "rebuilding" in rebuilt.lines[0]
     assert not decide(downstream, changed).up_to_date  # its input got a new identity
-    np.testing.assert_array_equal(read_all(rebuilt.store)["image_ids"],
-                                  read_all(result.store)["image_ids"])
+    np.testing.assert_array_equal(read_all(rebuilt.output)["image_ids"],
+                                  read_all(result.output)["image_ids"])
     # restore the module fixture's state for other tests
     extract_clip(config, progress=False)
 
@@ -105,18 +105,18 @@ def test_csa_store_reruns_and_keeps_the_pooled_embedding(extracted) -> None:
     fmt, config, result = extracted
     if fmt != "zarr":
         return
-    standard = read_all(result.store)
+    standard = read_all(result.output)
     csa_config = make_config(Path(config.data.run_root), *_sources(config),
                              'clip.patch_attention="csa"')
     decision = decide(clip_stage(csa_config), csa_config)
     assert not decision.up_to_date
     assert "clip.patch_attention: 'standard' -> 'csa'" in decision.reason
     rebuilt = extract_clip(csa_config, progress=False)
-    assert not rebuilt.skipped and "rebuilding" in rebuilt.messages[0]
-    csa = read_all(rebuilt.store)
-    with FeatureStore.open(rebuilt.store) as store:
+    assert rebuilt.ran and "rebuilding" in rebuilt.lines[0]
+    csa = read_all(rebuilt.output)
+    with FeatureStore.open(rebuilt.output) as store:
         assert store.attrs["patch_attention"] == "csa"
-    assert read_manifest(rebuilt.store)["summary"]["patch_attention"] == "csa"
+    assert read_manifest(rebuilt.output)["summary"]["patch_attention"] == "csa"
     for name in ("image_embed", "image_ids", "valid", "visual_proj"):
         np.testing.assert_array_equal(csa[name], standard[name], err_msg=name)
     assert csa["patch_tokens"].shape == standard["patch_tokens"].shape
@@ -128,9 +128,9 @@ def test_csa_store_reruns_and_keeps_the_pooled_embedding(extracted) -> None:
     _, tokens = encode_images(bundle, images)
     np.testing.assert_allclose(csa["patch_tokens"][picks].astype(np.float32), tokens.numpy(),
                                rtol=2e-3, atol=2e-3)
-    assert extract_clip(csa_config, progress=False).skipped
+    assert not extract_clip(csa_config, progress=False).ran
     # restore the module fixture's state for other tests
-    assert not extract_clip(config, progress=False).skipped
+    assert extract_clip(config, progress=False).ran
 
 
 def _sources(config) -> tuple[Path, Path]:
@@ -178,9 +178,9 @@ def test_resume_after_kill_equals_uninterrupted(extracted, tmp_path, image_datas
 
     resumed = extract_clip(make_config(tmp_path, image_dataset, tiny_checkpoint,
                                        f'store.format="{fmt}"'), progress=False)
-    assert f"({done_before} chunks already done)" in resumed.messages[0]
-    assert resumed.complete and resumed.processed == 40 - 8 * done_before
-    full, again = read_all(result.store), read_all(resumed.store)
+    assert f"({done_before} chunks already done)" in resumed.lines[0]
+    assert resumed.complete and resumed.summary["processed"] == 40 - 8 * done_before
+    full, again = read_all(result.output), read_all(resumed.output)
     for name in ARRAYS:
         np.testing.assert_array_equal(again[name], full[name], err_msg=name)
 
@@ -194,10 +194,11 @@ def test_shards_fill_one_store(tmp_path, image_dataset, tiny_checkpoint, extract
         return
     cfg = make_config(tmp_path, image_dataset, tiny_checkpoint)
     first = extract_clip(cfg, shard=Shard(0, 2), progress=False)
-    assert not first.complete and first.processed == 24 and read_manifest(first.store) is None
+    assert not first.complete and first.summary["processed"] == 24 \
+        and read_manifest(first.output) is None
     second = extract_clip(cfg, shard=Shard(1, 2), progress=False)
-    assert second.complete and second.processed == 16
-    full, sharded = read_all(result.store), read_all(second.store)
+    assert second.complete and second.summary["processed"] == 16
+    full, sharded = read_all(result.output), read_all(second.output)
     for name in ARRAYS:
         np.testing.assert_array_equal(sharded[name], full[name], err_msg=name)
 

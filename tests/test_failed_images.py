@@ -126,11 +126,12 @@ def test_failed_rows_are_retried_and_nothing_else(fmt, tmp_path, dataset_copy, i
                         lambda bundle, images: (encoded.append(len(images)),
                                                 real_encode(bundle, images))[1])
     retried = extract_clip(config, progress=False)
-    assert retried.complete and retried.failed == 0
-    assert retried.retried == retried.processed == sum(encoded) == len(BROKEN)
+    assert retried.complete and retried.summary["failed"] == 0
+    done = retried.summary
+    assert done["retried"] == done["processed"] == sum(encoded) == len(BROKEN)
     assert read_manifest(store)["summary"]["failed"] == 0
     assert failures_file.read_text() == ""
-    after, full = read_all(store), read_all(reference.store)
+    after, full = read_all(store), read_all(reference.output)
     fine = np.array([row not in BROKEN for row in range(40)])
     for name in ARRAYS:
         np.testing.assert_array_equal(after[name][fine] if name != "visual_proj" else after[name],
@@ -146,7 +147,7 @@ def test_failed_rows_are_retried_and_nothing_else(fmt, tmp_path, dataset_copy, i
                    if before_files.get(name) != data}
         assert changed and all(int(Path(name).parts[2]) in broken_chunks for name in changed)
 
-    assert extract_clip(config, progress=False).skipped
+    assert not extract_clip(config, progress=False).ran
     assert sum(encoded) == len(BROKEN)
 
 
@@ -157,10 +158,10 @@ def test_failures_within_the_limit_complete_with_a_warning(tmp_path, dataset_cop
     config.clip.max_failed_fraction = 0.2
     result = extract_clip(config, progress=False)
     store = clip_stage(config).output
-    assert result.complete and result.failed == 5 and read_manifest(store) is not None
-    assert result.messages[-1] == (
+    assert result.complete and result.summary["failed"] == 5 and read_manifest(store) is not None
+    assert result.lines[-1] == (
         f"warning: extract clip: 5 of 40 images could not be read (within "
         f"clip.max_failed_fraction = 0.2); they are kept as valid = 0 and listed in "
         f"{store.with_name('clip.failures.jsonl')}")
     again = extract_clip(config, progress=False)
-    assert again.skipped and again.failed == 5
+    assert not again.ran and again.summary["failed"] == 5

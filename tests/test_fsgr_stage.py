@@ -12,7 +12,8 @@ import torch
 import extract.fsgr_encode as fsgr_encode
 from extract.concepts import ConceptCodebook
 from extract.fsgr_encode import FsgrMeta, check_compatible, encode_fsgr
-from extract.fsgr_fit import USAGE_FILE, build_encoder, clip_logit_scale, fit_fsgr, load_fsgr
+from extract.fsgr_fit import USAGE_FILE, clip_logit_scale, fit_fsgr
+from shared.models.factory import build_encoder, load_fsgr
 from shared.chunked_stage import ChunkedOutput
 from shared.clip_model import create_clip
 from shared.config import load_config
@@ -83,9 +84,9 @@ def test_codebook_index_names_the_shape_or_colour(demo_run) -> None:
 
 def test_second_run_skips(demo_run) -> None:
     config, _ = demo_run
-    assert fit_fsgr(config, progress=False) == [
+    assert fit_fsgr(config, progress=False).lines == [
         f"extract fit: up to date ({fit_stage(config).output})"]
-    assert encode_fsgr(config, progress=False)[0].startswith("extract encode: up to date")
+    assert encode_fsgr(config, progress=False).lines[0].startswith("extract encode: up to date")
 
 
 def test_encode_resumes_after_a_crash(demo_run, tmp_path, monkeypatch) -> None:
@@ -106,7 +107,7 @@ def test_encode_resumes_after_a_crash(demo_run, tmp_path, monkeypatch) -> None:
         encode_fsgr(config, force=True, progress=False)
     assert read_manifest(encode_stage(config).output) is None
     monkeypatch.setattr(fsgr_encode.ChunkedOutput, "write_chunk", original)
-    lines = encode_fsgr(config, progress=False)
+    lines = encode_fsgr(config, progress=False).lines
     assert "(2 chunks already done)" in lines[0]
     resumed = read_fsgr(encode_stage(config).output)
     for name, value in reference.items():

@@ -111,7 +111,7 @@ def test_a_killed_holder_blocks_nothing(tmp_path, image_dataset, tiny_checkpoint
     kill(holder)
     assert lock_path(store).read_text().strip() == str(holder.pid)  # stale pid, no lock
     result = extract_clip(config, progress=False)
-    assert result.complete and result.processed == 40
+    assert result.complete and result.summary["processed"] == 40
     assert len(CommitLog(store).committed()) == 5
     with output_lock(store, "test"):  # released again after the run
         pass
@@ -150,8 +150,8 @@ def test_shard_processes_compute_every_chunk_once(tmp_path, image_dataset,
     store = clip_stage(make_config(tmp_path / "runs", image_dataset, tiny_checkpoint)).output
     assert sorted(CommitLog(store).committed()) == [0, 1, 2, 3, 4]
     assert read_manifest(store) is not None
-    with FeatureStore.open(store) as sharded, FeatureStore.open(reference.store) as full:
+    with FeatureStore.open(store) as sharded, FeatureStore.open(reference.output) as full:
         for name in ("patch_tokens", "image_embed", "image_ids", "valid"):
             np.testing.assert_array_equal(sharded.read(name), full.read(name), err_msg=name)
-    assert extract_clip(make_config(tmp_path / "runs", image_dataset, tiny_checkpoint),
-                        progress=False).skipped
+    assert not extract_clip(make_config(tmp_path / "runs", image_dataset, tiny_checkpoint),
+                            progress=False).ran

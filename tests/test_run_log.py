@@ -78,33 +78,35 @@ def test_numeric_fields_become_scalars_at_the_records_step(tmp_path) -> None:
 
 def test_a_resumed_run_replaces_the_steps_after_its_resume_point(tmp_path) -> None:
     """The purge at the first step after the resume point hides what the interrupted run
-    logged past it; SCST's events live in their own run and starting over removes them."""
-    path = tmp_path / "log.jsonl"
+    logged past it; SCST's log and events live in their own folder and starting over removes
+    them alone."""
+    path, scst_path = tmp_path / "log.jsonl", tmp_path / "scst" / "log.jsonl"
     first = RunLog(path, "xe", tensorboard=True)
     first.start_over()
     for epoch in (1, 2, 3):
         first.write({"epoch": epoch, "step": 10 * epoch, "train_loss": float(epoch)})
     first.refresh({"step": 25, "prototypes": [8]})
     first.close()
-    scst = RunLog(path, "scst", tensorboard=True)
-    scst.start_over(lambda r: r.get("phase") == "scst")
+    scst_path.parent.mkdir()
+    scst = RunLog(scst_path, "scst", tensorboard=True)
+    scst.start_over()
     scst.write({"phase": "scst", "epoch": 0, "step": 0, "val_cider": 1.0})
     scst.close()
     time.sleep(1.1)  # event files sort by their whole-second timestamp
     resumed = RunLog(path, "xe", tensorboard=True)
-    resumed.resume(lambda r: r.get("phase", "xe") == "xe" and r["epoch"] > 1, step=10)
+    resumed.resume(lambda r: r["epoch"] > 1, step=10)
     resumed.write({"epoch": 2, "step": 20, "train_loss": 0.5})
     resumed.close()
-    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 0, 2]
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
     series = scalars(tmp_path / "tensorboard" / "xe")
     assert series["xe/train_loss"] == [(10, 1.0), (20, 0.5)]
     assert series["refresh/prototypes/0"] == []
-    assert scalars(tmp_path / "tensorboard" / "scst")["scst/val_cider"] == [(0, 1.0)]
-    again = RunLog(path, "scst", tensorboard=True)
-    again.start_over(lambda r: r.get("phase") == "scst")
-    assert not (tmp_path / "tensorboard" / "scst").exists()
+    scst_events = tmp_path / "scst" / "tensorboard" / "scst"
+    assert scalars(scst_events)["scst/val_cider"] == [(0, 1.0)]
+    RunLog(scst_path, "scst", tensorboard=True).start_over()
+    assert not scst_path.exists() and not scst_events.exists()
     assert (tmp_path / "tensorboard" / "xe").is_dir()
-    RunLog(path, "xe").start_over()  # XE from scratch: the log and every phase's events go
+    RunLog(path, "xe").start_over()  # XE from scratch: its log and events go
     assert not path.exists() and not (tmp_path / "tensorboard").exists()
 
 

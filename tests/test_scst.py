@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import shared.training_loop as training_loop
 import train.scst as scst
 from shared.config import ConfigError, ScstConfig, hash_values, load_config
 from shared.manifest import read_manifest
@@ -312,7 +313,7 @@ def test_sampled_policy_is_the_differentiated_one(tiny_decoder) -> None:
 
 def scst_log(config) -> list[dict]:
     return [r for r in (json.loads(line) for line in
-                        (train_dir(config) / "log.jsonl").read_text().splitlines())
+                        (train_dir(config) / "scst" / "log.jsonl").read_text().splitlines())
             if r.get("phase") == "scst"]
 
 
@@ -324,7 +325,7 @@ def scst_run(demo_run):
     config = load_config(DEMO_CONFIG, sets)
     train(config, progress=False)  # skipped when another test module made the same XE run
     weights: dict[int, dict[str, torch.Tensor]] = {}
-    save_atomic = scst.save_atomic
+    save_atomic = training_loop.save_atomic
 
     def keep_weights(payload, path):
         if path.name == "last.pt":
@@ -332,8 +333,8 @@ def scst_run(demo_run):
         save_atomic(payload, path)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(scst, "save_atomic", keep_weights)
-        lines = scst.train_scst(config, force=True, progress=False)
+        patch.setattr(training_loop, "save_atomic", keep_weights)
+        lines = scst.train_scst(config, force=True, progress=False).lines
     return config, sets, lines, scst_log(config), weights
 
 
@@ -364,7 +365,7 @@ def test_scst_raises_val_cider_over_its_xe_start(scst_run) -> None:
 
 def test_up_to_date_skip_and_cli(scst_run) -> None:
     config, sets, _, _, _ = scst_run
-    assert scst.train_scst(config, progress=False) == \
+    assert scst.train_scst(config, progress=False).lines == \
         [f"train scst: up to date ({scst_stage(config).output})"]
     args = ["--config", str(DEMO_CONFIG), *itertools.chain(*(("--set", s) for s in sets))]
     result = CliRunner().invoke(app, [*args, "--scst-only"])
@@ -390,7 +391,7 @@ def test_resume_continues_exactly(scst_run, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         scst.train_scst(config, force=True, progress=False)
     monkeypatch.undo()
-    lines = scst.train_scst(config, progress=False)
+    lines = scst.train_scst(config, progress=False).lines
     assert lines[0] == "train scst: resuming after epoch 1 (step 10)"
     resumed = torch.load(train_dir(config) / "scst" / "last.pt", weights_only=True)["model"]
     assert resumed.keys() == weights[2].keys()
@@ -422,7 +423,7 @@ def test_init_checkpoint(scst_run, tmp_path) -> None:
     shutil.copy(train_dir(config) / "best.pt", start)
     own = load_config(DEMO_CONFIG, [*sets, f"scst.init_checkpoint={json.dumps(str(start))}",
                                      "scst.max_epochs=0"])
-    lines = scst.train_scst(own, progress=False)
+    lines = scst.train_scst(own, progress=False).lines
     assert any(line.startswith(f"train scst: start {start}:") for line in lines)
     assert "no epoch beat the start" in lines[-1]
     assert torch.load(scst_stage(own).output, weights_only=True)["epoch"] == -1

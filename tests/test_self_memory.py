@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from shared.config import Config, load_config
 from shared.models.caption_decoder import CaptionDecoder, DecoderDims
 from shared.prototypes import faiss_gpus, flat_l2_index
-from train.trainer import drop_stale_banks
+from train.self_memory import drop_stale_banks
 from shared.training_schedule import save_atomic
 from train.self_memory import SelfMemory, banks_file
 
@@ -145,7 +145,7 @@ def _ddp_worker(rank: int, world: int, rendezvous: str, out: str) -> None:
         memory = memory_for(config, rank=rank, seed=rank)
         for _ in range(6):
             memory.collect()
-        memory.refresh_synced()   # what train.trainer.refresh_prototypes runs
+        memory.refresh_synced()   # what the training loop runs
         protos = [(k.clone(), v.clone()) for k, v in memory.decoder.memory_prototypes()]
         torch.save({"prototypes": protos, "bank_rows": [len(b) for b in memory.banks],
                     "rows_per_step": memory.rows_per_step,

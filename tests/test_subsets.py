@@ -185,7 +185,7 @@ def subset_run(demo_run, tmp_path_factory):
     config = load_config(DEMO_CONFIG, [*sets, f"eval.subsets={{head = {json.dumps(str(head))}, "
                                               f"thirds = {json.dumps(str(thirds))}}}"])
     train(config, progress=False)  # skipped when tests/test_evaluate.py made the same run
-    lines = score(config, progress=False)
+    lines = score(config, progress=False).lines
     return config, lines, {"head": set(ids[:10]), "thirds": set(ids[::3])}, sets
 
 

@@ -40,7 +40,8 @@ def tiny_config(root: Path, *extra: str) -> Config:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, str]:
     config = tiny_config(tmp_path_factory.mktemp("tiny"))
     prepare_demo_data(config)
-    ran, line = train_tiny_clip(config, progress=False)
+    result = train_tiny_clip(config, progress=False)
+    ran, [line] = result.ran, result.lines
     assert ran
     return config, line
 
@@ -76,7 +77,8 @@ def test_metrics_written_and_second_run_skips(trained: tuple[Config, str]) -> No
     assert metrics["n_captions"] == 200 and metrics["train_images"] == N_TRAIN
     assert set(metrics["image_to_text"]) == {"R@1", "R@5", "R@10"}
     assert metrics["chance"]["image_to_text"]["R@1"] == pytest.approx(5 / 200)
-    ran, line = train_tiny_clip(config, progress=False)
+    result = train_tiny_clip(config, progress=False)
+    ran, [line] = result.ran, result.lines
     assert not ran and "up to date" in line
 
 

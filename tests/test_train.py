@@ -15,6 +15,7 @@ from cluster.activation_prototypes import cluster_activations
 from shared.config import load_config
 from shared.manifest import read_manifest
 from shared.models.caption_decoder import caption_loss
+from shared.models.factory import build_decoder
 from shared.prototypes import read_banks
 from shared.stages import memory_banks_path, memory_banks_stage, train_dir
 from tests.conftest import DEMO_CONFIG, REPO
@@ -44,7 +45,7 @@ def run_state(config) -> dict:
 def trained(demo_run):
     _, sets = demo_run
     config = load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS])
-    lines = trainer.train(config, force=True, progress=False)
+    lines = trainer.train(config, force=True, progress=False).lines
     return config, sets, lines, log_of(config), run_state(config)
 
 
@@ -60,7 +61,7 @@ def test_loss_falls_and_memory_is_built(trained) -> None:
     banks = read_banks(memory_banks_path(config))
     assert len(banks) == config.decoder.n_dec_layers and 0 < len(banks[0][0]) <= 2000
     assert (train_dir(config) / "curves.png").stat().st_size > 1000
-    assert trainer.train(config, progress=False)[0].startswith("train: up to date")
+    assert trainer.train(config, progress=False).lines[0].startswith("train: up to date")
 
 
 def test_banks_live_beside_the_checkpoint_in_float16(trained) -> None:
@@ -98,7 +99,7 @@ def test_resume_continues_exactly(trained, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         trainer.train(config, force=True, progress=False)
     monkeypatch.undo()
-    lines = trainer.train(config, progress=False)
+    lines = trainer.train(config, progress=False).lines
     assert lines[0] == "train: resuming after epoch 1 (step 48)"
     assert_as_uninterrupted(config, uninterrupted, uninterrupted_state)
     other = load_config(DEMO_CONFIG, [*sets, *TRAIN_SETS, "train.lr=1e-3"])
@@ -150,7 +151,7 @@ def test_broken_last_pt_resumes_from_the_previous_epoch(trained, monkeypatch, ca
     data = last.read_bytes()
     last.write_bytes(data[:len(data) // 2])
     capsys.readouterr()
-    lines = trainer.train(config, progress=False)
+    lines = trainer.train(config, progress=False).lines
     shown = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
     assert shown == [f"warning: {last} is unusable (not a readable resume point: truncated, or "
                      f"not a torch checkpoint ({len(data) // 2:,} bytes)); resuming from "
@@ -187,7 +188,7 @@ def test_non_finite_loss_stops_and_keeps_last_good(trained, monkeypatch) -> None
 def test_any_cache_width_trains(trained, width: int) -> None:
     config = trained[0]
     torch.manual_seed(0)
-    decoder = trainer.build_decoder(config, width, 30)
+    decoder = build_decoder(config, width, 30)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-3)
     visual = torch.randn(8, 16, width)
     tokens = torch.randint(1, 30, (8, 10))
@@ -222,13 +223,13 @@ def test_activation_prototypes_follow_the_training_run(trained) -> None:
     one_epoch = [*sets, *TRAIN_SETS, "train.max_epochs=1"]
     config = load_config(DEMO_CONFIG, one_epoch)
     trainer.train(config, progress=False)
-    assert not cluster_activations(config, progress=False)[0].endswith("up to date")
-    assert cluster_activations(config, progress=False)[0].startswith(
+    assert not cluster_activations(config, progress=False).lines[0].endswith("up to date")
+    assert cluster_activations(config, progress=False).lines[0].startswith(
         "cluster activations: up to date")
     other = load_config(DEMO_CONFIG, [*one_epoch, "train.lr=1e-3"])
     trainer.train(other, progress=False)
-    lines = cluster_activations(other, progress=False)
+    lines = cluster_activations(other, progress=False).lines
     assert lines[0] == f"cluster activations: input changed ({memory_banks_stage(other).name})"
     assert read_manifest(memory_banks_path(other))["config"]["train.lr"] == 1e-3
-    assert cluster_activations(other, progress=False)[0].startswith(
+    assert cluster_activations(other, progress=False).lines[0].startswith(
         "cluster activations: up to date")

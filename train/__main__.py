@@ -77,9 +77,9 @@ def _train_phases(cfg: Config, force: bool, resume: bool, xe_only: bool,
     """Cross-entropy, then SCST when enabled, as the options ask."""
     xe_was_done = scst_only
     if not scst_only:
-        lines = train(cfg, force=force, resume=resume)
-        xe_was_done = bool(lines) and lines[0].startswith("train: up to date")
-        for line in lines:
+        result = train(cfg, force=force, resume=resume)
+        xe_was_done = not result.ran
+        for line in result:
             typer.echo(line)
     if cfg.scst.enabled and not xe_only:
         # --resume insists on the interrupted phase: SCST's only when XE had nothing to do

@@ -1,9 +1,9 @@
 """Training curves (loss and validation CIDEr-D per epoch) as a PNG beside the log.
 
-The log holds cross-entropy records (no `phase`, or `"phase": "xe"`) and, after them,
-self-critical ones (`"phase": "scst"`, epochs counted from 0 = the starting weights). SCST
-epochs are drawn after the last cross-entropy epoch, so the CIDEr-D panel reads as one run;
-a third panel shows SCST's mean training reward.
+Cross-entropy records come from `train/log.jsonl`; with SCST's own log
+(`train/scst/log.jsonl`, epochs counted from 0 = the starting weights) its epochs are drawn
+after the last cross-entropy epoch, so the CIDEr-D panel reads as one run, and a third panel
+shows SCST's mean training reward.
 """
 
 from __future__ import annotations
@@ -25,11 +25,15 @@ def _series(records: list[dict], key: str, offset: int = 0) -> tuple[list[int], 
     return [e for e, _ in pairs], [v for _, v in pairs]
 
 
-def plot_curves(log_path: Path, png_path: Path) -> None:
-    """Plot train/val loss and val CIDEr-D from a JSON-lines log (one record per epoch)."""
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
-    xe = [r for r in records if r.get("phase", "xe") == "xe"]
-    scst = [r for r in records if r.get("phase") == "scst"]
+def _records(log_path: Path | None) -> list[dict]:
+    if log_path is None or not Path(log_path).is_file():
+        return []
+    return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
+
+
+def plot_curves(xe_log: Path, png_path: Path, scst_log: Path | None = None) -> None:
+    """Plot train/val loss and val CIDEr-D from the JSON-lines logs (one record per epoch)."""
+    xe, scst = _records(xe_log), _records(scst_log)
     offset = max((r["epoch"] for r in xe), default=0)
     panels = 3 if scst else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5))

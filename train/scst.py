@@ -42,22 +42,20 @@ gradient clipping `train.grad_clip`, autocast `train.precision`. PMA memory: key
 the teacher-forced forward feed `SelfMemory` and prototypes are refreshed on its schedule
 (counted in SCST steps; banks start empty, the XE prototypes serve until the first refresh).
 
-Each epoch: validation exactly as in cross-entropy training (val loss, greedy CIDEr-D), then
-`train/scst/last.pt` (exact resume; the previous one kept as `last.prev.pt` until the new one
-is complete, as in cross-entropy training) and `train/scst/best.pt` (XE format), and a `"phase":
-"scst"` record in the shared `train/log.jsonl`, after an epoch-0 record of the starting
-weights; every such record names its `baseline` and `loss_normalization` (with
-`train.tensorboard` also TensorBoard scalars in `train/tensorboard/scst/`: `shared.run_log`).
+The epochs are `shared.training_loop`'s, as in cross-entropy training: validation (val loss,
+greedy CIDEr-D), `train/scst/last.pt` (exact resume) and `train/scst/best.pt` (XE format), and
+a `"phase": "scst"` record in SCST's own `train/scst/log.jsonl` (curves of XE then SCST in
+`train/scst/curves.png`), after an epoch-0 record of the starting weights; every record names
+its `baseline` and `loss_normalization` (with `train.tensorboard` also TensorBoard scalars in
+`train/scst/tensorboard/scst/`: `shared.run_log`).
 The starting weights count as a candidate for `best.pt` (epoch -1 there, epoch 0 in the log):
 if SCST never beats them, evaluation keeps the cross-entropy decoder.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,35 +64,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from shared.checkpoint_files import load_checkpoint
 from shared.cider_reward import CiderDReward
 from shared.config import Config
-from shared.devices import autocast, resolve_device
-from shared.manifest import current_state, decide, remove_manifest, require_current, \
-    write_manifest
+from shared.devices import autocast
+from shared.manifest import decide, require_current
 from shared.models.caption_decoder import CaptionDecoder
 from shared.models.decoding import beam_candidates, candidate_mask, sample_captions
+from shared.models.factory import build_decoder, decoder_meta
 from shared.run_log import RunLog, require_tensorboard
-from shared.stages import scst_stage, train_dir, train_stage, visual_stage, vocab_stage
-from shared.training_schedule import RunWarnings, open_resume_point, resume_state, save_atomic
+from shared.stage_runner import StageResult, StageRun, run_stage
+from shared.stages import scst_stage, train_dir, train_stage
+from shared.training_loop import LoopSettings, TrainingLoop, data_parallel, join_run
+from shared.training_schedule import RunWarnings
 from shared.vocabulary import Vocabulary
 from train.cache_data import TrainingCache, make_validator
 from train.curves import plot_curves
 from train.scst_objective import MEAN_BASELINES, baseline_rewards, load_reward, scst_loss, \
     token_log_probs, training_references
 from train.self_memory import SelfMemory
-from train.trainer import (NonFiniteLoss, banks_check, build_decoder, drop_stale_banks,
-                           init_distributed, refresh_prototypes)
 
-# defined here, and (as before the split) the decoding and objective pieces the step uses
-__all__ = ["StepResult", "TeacherForced", "scst_lr", "scst_step", "train_scst",
-           "baseline_rewards", "beam_candidates", "candidate_mask", "load_reward",
-           "sample_captions", "scst_loss", "token_log_probs", "training_references"]
-
-
-# -- one step ---------------------------------------------------------------------------------
 
 def scst_lr(base_lr: float, epoch: int, decay_every: int, decay_factor: float) -> float:
     """`base_lr` x `decay_factor` every `decay_every` epochs (0-based `epoch`; 0: constant)."""
@@ -120,66 +110,107 @@ class TeacherForced(nn.Module):
 
 
 @dataclass
-class StepResult:
-    """What one SCST step did: its loss, the candidates (word ids [images * n, T]) and their
-    rewards [images, n] (and of the greedy captions with the greedy baseline), words scored,
-    and where the time went."""
+class Candidates:
+    """The last step's candidates (word ids [images * n, T]) and their rewards [images, n]
+    (and the greedy captions' with the greedy baseline)."""
 
-    loss: float
-    candidates: np.ndarray
+    words: np.ndarray
     rewards: np.ndarray
     greedy_rewards: np.ndarray | None
-    words: int
-    sample_seconds: float      # candidates (+ greedy captions), no grad
-    reward_seconds: float      # CIDEr-D of every caption + baselines
-    update_seconds: float      # teacher-forced forward, loss, backward, clipping, Adam
 
 
-def scst_step(decoder: CaptionDecoder, forward: nn.Module, optimizer: torch.optim.Optimizer,
-              visual: torch.Tensor, image_ids: np.ndarray, reward: CiderDReward,
-              vocab: Vocabulary, config: Config, device: torch.device) -> StepResult:
-    """One self-critical update on the images `visual` [B, Lv, d] (ids `image_ids`): draw
-    candidates, score them, one teacher-forced forward with grad through `forward`
-    (`TeacherForced(decoder)`, possibly DDP-wrapped), Adam step. The decoder is expected in
-    eval mode. Raises NonFiniteLoss (before touching the weights) on a NaN/inf loss."""
-    sc, max_len = config.scst, config.eval.max_length
-    n = sc.n_samples
-    started = time.perf_counter()
-    with autocast(device, config.train.precision):
-        if sc.candidates == "beam":
-            words = beam_candidates(decoder, visual, vocab.bos_id, vocab.eos_id, n, max_len)
-        else:
-            words = sample_captions(decoder, visual, vocab.bos_id, vocab.eos_id, n, max_len)
-        greedy_words = decoder.greedy(visual, vocab.bos_id, vocab.eos_id, max_len) \
-            if sc.baseline == "greedy" else None
-    sampled = time.perf_counter()
-    candidates = words.cpu().numpy()
-    rewards = reward.score_ids(np.repeat(image_ids, n), candidates, vocab.words,
-                               vocab.eos_id, vocab.pad_id).reshape(-1, n)
-    greedy_rewards = None if greedy_words is None else reward.score_ids(
-        image_ids, greedy_words.cpu().numpy(), vocab.words, vocab.eos_id, vocab.pad_id)
-    advantages = rewards - baseline_rewards(rewards, sc.baseline, greedy_rewards)
-    scored = time.perf_counter()
+class SelfCritical:
+    """The SCST objective: REINFORCE with a baseline on the CIDEr-D of the model's own
+    captions. A batch holds the visual tokens (`array`) and the store `rows` of its images."""
 
-    inputs = torch.cat([torch.full_like(words[:, :1], vocab.bos_id), words[:, :-1]], dim=1)
-    with autocast(device, config.train.precision):
-        logits = forward(visual, inputs, n)
-    log_probs = token_log_probs(logits, words, vocab.pad_id, vocab.bos_id)
-    mask = candidate_mask(words, vocab.eos_id, vocab.pad_id)
-    loss = scst_loss(log_probs, mask, torch.from_numpy(advantages.reshape(-1)).to(device),
-                     sc.loss_normalization, max_len)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"loss is {float(loss.detach())}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(decoder.parameters(), config.train.grad_clip)
-    optimizer.step()
-    return StepResult(float(loss.detach()), candidates, rewards, greedy_rewards,
-                      int(mask.sum()), sampled - started, scored - sampled,
-                      time.perf_counter() - scored)
+    label, lr_key, train_mode = "train scst", "scst.lr", False  # eval mode: no dropout
 
+    def __init__(self, config: Config, decoder: CaptionDecoder, forward: nn.Module, array: str,
+                 image_ids: np.ndarray, reward: CiderDReward, vocab: Vocabulary,
+                 device: torch.device, stream: Any = None,
+                 validate: Callable[[], dict[str, float]] | None = None) -> None:
+        self.config, self.module, self.forward, self.array = config, decoder, forward, array
+        self.image_ids, self.reward, self.vocab, self.device = image_ids, reward, vocab, device
+        self.stream, self._validate = stream, validate
+        self.grad_clip = config.train.grad_clip
+        self.settings = {"baseline": config.scst.baseline,
+                         "loss_normalization": config.scst.loss_normalization}
+        self.last: Candidates | None = None
 
-# -- the training loop ------------------------------------------------------------------------
+    def lr(self, step: int, epoch: int) -> float:
+        sc = self.config.scst
+        return scst_lr(sc.lr, epoch, sc.decay_every, sc.decay_factor)
+
+    def batches(self, epoch: int) -> tuple[Iterable[dict], int]:
+        return self.stream.epoch(epoch), self.stream.n_batches(epoch)
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Draw candidates, score them, one teacher-forced forward with grad through
+        `forward` (`TeacherForced(decoder)`, possibly DDP-wrapped): the step's loss, with
+        the time spent drawing candidates and computing rewards."""
+        sc, max_len, vocab, device = self.config.scst, self.config.eval.max_length, \
+            self.vocab, self.device
+        n = sc.n_samples
+        visual = batch[self.array].to(device)
+        image_ids = self.image_ids[batch["rows"].numpy()]
+        started = time.perf_counter()
+        with autocast(device, self.config.train.precision):
+            if sc.candidates == "beam":
+                words = beam_candidates(self.module, visual, vocab.bos_id, vocab.eos_id, n,
+                                        max_len)
+            else:
+                words = sample_captions(self.module, visual, vocab.bos_id, vocab.eos_id, n,
+                                        max_len)
+            greedy_words = self.module.greedy(visual, vocab.bos_id, vocab.eos_id, max_len) \
+                if sc.baseline == "greedy" else None
+        sampled = time.perf_counter()
+        candidates = words.cpu().numpy()
+        rewards = self.reward.score_ids(np.repeat(image_ids, n), candidates, vocab.words,
+                                        vocab.eos_id, vocab.pad_id).reshape(-1, n)
+        greedy_rewards = None if greedy_words is None else self.reward.score_ids(
+            image_ids, greedy_words.cpu().numpy(), vocab.words, vocab.eos_id, vocab.pad_id)
+        advantages = rewards - baseline_rewards(rewards, sc.baseline, greedy_rewards)
+        scored = time.perf_counter()
+
+        inputs = torch.cat([torch.full_like(words[:, :1], vocab.bos_id), words[:, :-1]], dim=1)
+        with autocast(device, self.config.train.precision):
+            logits = self.forward(visual, inputs, n)
+        log_probs = token_log_probs(logits, words, vocab.pad_id, vocab.bos_id)
+        mask = candidate_mask(words, vocab.eos_id, vocab.pad_id)
+        loss = scst_loss(log_probs, mask, torch.from_numpy(advantages.reshape(-1)).to(device),
+                         sc.loss_normalization, max_len)
+        self.last = Candidates(candidates, rewards, greedy_rewards)
+        return loss, {"reward_sum": float(rewards.sum()),
+                      "greedy_sum": 0.0 if greedy_rewards is None else
+                      float(greedy_rewards.sum()),
+                      "candidates": float(rewards.size), "words": float(mask.sum()),
+                      "sample_seconds": sampled - started, "reward_seconds": scored - sampled}
+
+    def epoch_record(self, sums: dict[str, float], steps: int) -> dict[str, Any]:
+        seen = max(sums.get("candidates", 0.0), 1.0)
+        record = {"phase": "scst", **self.settings,
+                  "scst_loss": sums.get("loss", 0.0) / max(steps, 1),
+                  "mean_reward": sums.get("reward_sum", 0.0) / seen,
+                  "mean_words": sums.get("words", 0.0) / seen,
+                  "reward_seconds": sums.get("reward_seconds", 0.0),
+                  "sample_seconds": sums.get("sample_seconds", 0.0),
+                  "step_seconds": sums.get("step_seconds", 0.0)}
+        if self.config.scst.baseline == "greedy":
+            record["mean_greedy_reward"] = sums.get("greedy_sum", 0.0) / max(
+                seen // self.config.scst.n_samples, 1)
+        return record
+
+    def validate(self) -> dict[str, float]:
+        return self._validate()
+
+    def epoch_line(self, record: dict[str, Any]) -> str:
+        return (f"reward {record['mean_reward']:.3f} ({record['reward_seconds']:.1f} s of "
+                f"{record['step_seconds']:.1f} s in rewards), val loss "
+                f"{record['val_loss']:.3f}, val CIDEr-D {record['val_cider']:.3f}")
+
+    def best_entries(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"meta": decoder_meta(self.module, self.config.decoder.visual_input)}
+
 
 def _load_start(config: Config, device: torch.device) -> tuple[dict, Path]:
     """The starting checkpoint: `scst.init_checkpoint` or the current XE best.pt."""
@@ -195,23 +226,35 @@ def _load_start(config: Config, device: torch.device) -> tuple[dict, Path]:
     return ckpt, path
 
 
-def _scst_after(epoch: int) -> Callable[[dict], bool]:
-    """Selects the `"phase": "scst"` records after `epoch` (-1: all of them)."""
-    return lambda r: r.get("phase") == "scst" and r["epoch"] > epoch
+def _start_decoder(config: Config, ckpt: dict, path: Path, cache: TrainingCache,
+                   device: torch.device) -> CaptionDecoder:
+    """The config's decoder with the starting checkpoint's weights (memory prototypes
+    included); one line when the checkpoint was trained on other features or words, or does
+    not fit `[decoder]` / `[memory]`."""
+    meta, d_visual, n_words = ckpt["meta"], cache.d_visual, len(cache.vocab)
+    if (meta.get("d_visual"), meta.get("vocab_size")) != (d_visual, n_words) or \
+            meta.get("visual_input", config.decoder.visual_input) != config.decoder.visual_input:
+        raise RuntimeError(f"{path} was trained on {meta.get('visual_input')} features of "
+                           f"width {meta.get('d_visual')} with {meta.get('vocab_size')} words; "
+                           f"this run has {config.decoder.visual_input} width {d_visual}, "
+                           f"{n_words} words")
+    decoder = build_decoder(config, d_visual, n_words).to(device)
+    try:
+        decoder.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise RuntimeError(f"{path} does not fit the [decoder]/[memory] config: "
+                           f"{str(err).splitlines()[0]}") from None
+    return decoder
 
 
 def train_scst(config: Config, force: bool = False, progress: bool = True,
-               resume: bool = False) -> list[str]:
-    """Self-critical training (or resume, or skip) after cross-entropy; returns the lines to
-    print. `resume` insists on continuing `train/scst/last.pt`; without it a matching
-    `last.pt` is continued and anything else starts over from the XE checkpoint."""
+               resume: bool = False) -> StageResult:
+    """Self-critical training (or resume, or skip) after cross-entropy. `resume` insists on
+    continuing `train/scst/last.pt`; without it a matching `last.pt` is continued and anything
+    else starts over from the XE checkpoint."""
     require_tensorboard(config.train.tensorboard)
     sc = config.scst
-    device = resolve_device(config.clip.device)
-    ranks = init_distributed(device)
-    if device.type == "cuda" and ranks.world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
+    device, ranks = join_run(config.clip.device)
     if ranks.world > 1:
         dist.barrier()  # rank 0 may still be writing the XE manifest
     least = 2 if sc.baseline in MEAN_BASELINES else 1
@@ -221,219 +264,74 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     if sc.init_checkpoint and not Path(sc.init_checkpoint).is_file():
         raise FileNotFoundError(f"scst.init_checkpoint not found: {sc.init_checkpoint}")
     spec = scst_stage(config)
-    stage_name = "python -m extract" if config.decoder.visual_input == "fsgr" else \
-        "python -m extract clip"
-    require_current(visual_stage(config), config, stage_name)
-    require_current(vocab_stage(config), config, "python -m extract vocab")
     decision = decide(spec, config, force=force)
-    if decision.up_to_date:
-        return [f"train scst: {decision.reason}"]
-    start_ckpt, start_path = _load_start(config, device)
+    if not decision.up_to_date:
+        start_ckpt, start_path = _load_start(config, device)
     if ranks.world > 1:
         dist.barrier()  # every rank has checked the old output before rank 0 removes it
-    if ranks.main:
-        remove_manifest(spec.output)  # from here on the old output is no longer complete
-    state = current_state(spec, config)
-    out_dir = spec.output.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.train.seed)
 
-    cache = TrainingCache.open(config)
-    array, vocab, d_visual = cache.array, cache.vocab, cache.d_visual
-    meta = start_ckpt["meta"]
-    if (meta.get("d_visual"), meta.get("vocab_size")) != (d_visual, len(vocab)) or \
-            meta.get("visual_input", config.decoder.visual_input) != config.decoder.visual_input:
-        raise RuntimeError(f"{start_path} was trained on {meta.get('visual_input')} features of "
-                           f"width {meta.get('d_visual')} with {meta.get('vocab_size')} words; "
-                           f"this run has {config.decoder.visual_input} width {d_visual}, "
-                           f"{len(vocab)} words")
-    decoder = build_decoder(config, d_visual, len(vocab)).to(device)
-    try:
-        decoder.load_state_dict(start_ckpt["model"])  # memory prototypes included
-    except RuntimeError as err:
-        raise RuntimeError(f"{start_path} does not fit the [decoder]/[memory] config: "
-                           f"{str(err).splitlines()[0]}") from None
-    decoder.eval()  # for the whole run: no dropout, sampled policy == differentiated policy
-    run_log = RunLog(train_dir(config) / "log.jsonl", "scst", config.train.tensorboard,
-                     main=ranks.main)
-    memory = SelfMemory(decoder, config, on_refresh=run_log.refresh) \
-        if config.memory.self else None
-    forward: nn.Module = TeacherForced(decoder)
-    if ranks.world > 1:
-        forward = nn.parallel.DistributedDataParallel(
-            forward, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,  # prototypes are synced explicitly at each refresh
-            # segment vectors idle until prototypes exist (the XE start usually has them)
-            find_unused_parameters=config.memory.self
-            and not all(len(keys) for keys, _ in decoder.memory_prototypes()))
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=sc.lr, betas=(0.9, 0.98))
-
-    train_images = cache.samples("train", per_image=1)
-    if len(train_images) == 0:
-        raise ValueError(f"train scst: no readable train images in {cache.store_path}")
-    validate = make_validator(decoder, cache, config, device)
-    reward, reward_note = load_reward(training_references(cache.records),
-                                      out_dir / "cider_df.npz")
-    batches = cache.batches(train_images, sc.batch_size, seed=config.train.seed,
-                            shuffle_buffer=config.train.shuffle_buffer,
-                            shard=(ranks.rank, ranks.world))
-
-    best_meta = {"d_visual": d_visual, "vocab_size": len(vocab),
-                 "visual_input": config.decoder.visual_input}
-    last, best = out_dir / "last.pt", out_dir / "best.pt"
-    log_path = run_log.path
-    settings = {"baseline": sc.baseline, "loss_normalization": sc.loss_normalization}
-    start_epoch, step, best_cider, stale_epochs, start_cider = 0, 0, -math.inf, 0, math.nan
-    lines: list[str] = []
-    warnings = RunWarnings(show=ranks.main)
-    rotation, source, ckpt = open_resume_point(
-        last, state["identity"], force, decoder, optimizer, device, warnings,
-        banks_check if memory is not None else None)
-    if ckpt is not None:
-        if memory is not None:
-            memory.load_banks(source, ckpt["memory"], banks=ranks.main)
-        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
-        best_cider, stale_epochs = ckpt["best_cider"], ckpt["stale_epochs"]
-        start_cider = ckpt["start_cider"]
-        lines.append(f"train scst: resuming after epoch {start_epoch} (step {step})")
-    if resume and start_epoch == 0:
-        raise RuntimeError(f"--resume: {last} is missing or was written with another config "
-                           f"({decision.reason})")
-    if ranks.main:
-        lines.append(f"train scst: reward {reward_note}")
-    # SCST records (and events) of epochs not in last.pt (all of them when starting over) go
-    if start_epoch:
-        run_log.resume(_scst_after(start_epoch), step)
-    else:
-        run_log.start_over(_scst_after(-1))
-    if start_epoch == 0:
+    def build(run: StageRun) -> dict[str, Any]:
+        out_dir = spec.output.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.train.seed)
+        cache = TrainingCache.open(config)
+        decoder = _start_decoder(config, start_ckpt, start_path, cache, device)
+        decoder.eval()  # for the whole run: no dropout, sampled policy == differentiated one
+        log = RunLog(out_dir / "log.jsonl", "scst", config.train.tensorboard, main=ranks.main)
+        memory = SelfMemory(decoder, config, on_refresh=log.refresh) \
+            if config.memory.self else None
+        # segment vectors idle until prototypes exist (the XE start usually has them)
+        forward = data_parallel(TeacherForced(decoder), device, ranks, config.memory.self and
+                                not all(len(k) for k, _ in decoder.memory_prototypes()))
+        optimizer = torch.optim.Adam(decoder.parameters(), lr=sc.lr, betas=(0.9, 0.98))
+        train_images = cache.samples("train", per_image=1)
+        if len(train_images) == 0:
+            raise ValueError(f"train scst: no readable train images in {cache.store_path}")
+        reward, reward_note = load_reward(training_references(cache.records),
+                                          out_dir / "cider_df.npz")
+        stream = cache.batches(train_images, sc.batch_size, seed=config.train.seed,
+                               shuffle_buffer=config.train.shuffle_buffer,
+                               shard=(ranks.rank, ranks.world))
+        objective = SelfCritical(config, decoder, forward, cache.array, cache.image_ids, reward,
+                                 cache.vocab, device, stream,
+                                 make_validator(decoder, cache, config, device))
+        xe_log = train_dir(config) / "log.jsonl"
+        settings = LoopSettings(out_dir, run.identity, sc.max_epochs, sc.patience, log,
+                                lambda: plot_curves(xe_log, out_dir / "curves.png", log.path),
+                                progress)
+        warnings = RunWarnings(show=ranks.main)
+        loop = TrainingLoop(objective, optimizer, settings, device, ranks, memory, warnings)
+        start_epoch, ckpt = loop.start(force, resume, run.reason)
+        start_cider = ckpt["start_cider"] if ckpt is not None else float("nan")
         if ranks.main:
-            record: dict[str, Any] = {"phase": "scst", "epoch": 0, "step": 0,
-                                      "start_checkpoint": str(start_path), **settings,
-                                      **validate(), **warnings.take()}
-            start_cider = best_cider = record["val_cider"]
-            save_atomic({"model": decoder.state_dict(), "epoch": -1, "meta": best_meta,
-                         "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
-                        best)
-            run_log.write(record)
-            plot_curves(log_path, train_dir(config) / "curves.png")
-            lines.append(f"train scst: start {start_path}: val loss {record['val_loss']:.3f}, "
-                         f"val CIDEr-D {start_cider:.3f}")
-        if ranks.world > 1:
-            flags = torch.tensor([best_cider, start_cider], dtype=torch.float64)
-            dist.broadcast(flags, 0)
-            best_cider, start_cider = float(flags[0]), float(flags[1])
-
-    n = sc.n_samples
-    stopped = "max_epochs"
-    for epoch in range(start_epoch, sc.max_epochs):
-        if stale_epochs >= sc.patience:
-            stopped = "early stop"
-            break
-        lr = scst_lr(sc.lr, epoch, sc.decay_every, sc.decay_factor)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        n_steps = batches.n_batches(epoch)
-        if ranks.world > 1:  # every rank must take the same number of steps
-            count = torch.tensor(n_steps)
-            dist.all_reduce(count, op=dist.ReduceOp.MIN)
-            n_steps = int(count)
-        started = time.perf_counter()
-        loss_sum = reward_sum = greedy_sum = 0.0
-        candidates_seen = words_sum = refreshes = 0
-        reward_s = sample_s = step_s = 0.0
-        bar = tqdm(total=n_steps, disable=not (progress and ranks.main), unit="batch",
-                   desc=f"scst {epoch + 1}/{sc.max_epochs}")
-        for i, batch in enumerate(batches.epoch(epoch)):
-            if i == n_steps:
-                break
-            step_started = time.perf_counter()
-            try:
-                result = scst_step(decoder, forward, optimizer, batch[array].to(device),
-                                   cache.image_ids[batch["rows"].numpy()], reward, vocab, config,
-                                   device)
-            except NonFiniteLoss as err:
-                raise NonFiniteLoss(
-                    f"train scst: {err} at epoch {epoch + 1}, step {step + 1}; stopped, {last} "
-                    f"keeps the last good epoch (try a lower scst.lr)") from None
-            rewards, greedy_rewards = result.rewards, result.greedy_rewards
-            step += 1
-            if memory is not None:
-                memory.collect()
-                if memory.due(step):
-                    refresh_prototypes(memory, decoder, ranks)
-                    refreshes += 1
-            sample_s += result.sample_seconds
-            reward_s += result.reward_seconds
-            step_s += time.perf_counter() - step_started
-            loss_sum += result.loss
-            reward_sum += float(rewards.sum())
-            greedy_sum += 0.0 if greedy_rewards is None else float(greedy_rewards.sum())
-            candidates_seen += rewards.size
-            words_sum += result.words
-            bar.update(1)
-            bar.set_postfix(reward=f"{reward_sum / max(candidates_seen, 1):.3f}")
-        bar.close()
-        record = {"phase": "scst", "epoch": epoch + 1, "step": step, **settings,
-                  "scst_loss": loss_sum / max(n_steps, 1),
-                  "mean_reward": reward_sum / max(candidates_seen, 1),
-                  "mean_words": words_sum / max(candidates_seen, 1), "lr": lr,
-                  "prototype_refreshes": refreshes, "reward_seconds": reward_s,
-                  "sample_seconds": sample_s, "step_seconds": step_s}
-        if sc.baseline == "greedy":
-            record["mean_greedy_reward"] = greedy_sum / max(candidates_seen // n, 1)
-        if ranks.main:
-            record.update(validate())
-            record["seconds"] = time.perf_counter() - started
-            record.update(warnings.take())
-            improved = record["val_cider"] > best_cider
-            best_cider = max(best_cider, record["val_cider"])
-            stale_epochs = 0 if improved else stale_epochs + 1
-            if improved:
-                save_atomic({"model": decoder.state_dict(), "epoch": epoch, "meta": best_meta,
-                             "val_loss": record["val_loss"], "val_cider": record["val_cider"]},
-                            best)
-            banks = memory.save_banks(last) if memory is not None else {}  # before last.pt
-            try:
-                rotation.before_save()
-                save_atomic({**resume_state(state["identity"], decoder, optimizer, device),
-                             "memory": banks,
-                             "epoch": epoch, "step": step, "best_cider": best_cider,
-                             "stale_epochs": stale_epochs, "start_cider": start_cider}, last)
-            finally:
-                if memory is not None:
-                    drop_stale_banks(last)
-            run_log.write(record)
-            plot_curves(log_path, train_dir(config) / "curves.png")
-            lines.append(f"train scst: epoch {epoch + 1}: reward {record['mean_reward']:.3f} "
-                         f"({reward_s:.1f} s of {step_s:.1f} s in rewards), val loss "
-                         f"{record['val_loss']:.3f}, val CIDEr-D {record['val_cider']:.3f}"
-                         + (" (best)" if improved else ""))
-        if ranks.world > 1:
-            flags = torch.tensor([best_cider, float(stale_epochs)], dtype=torch.float64)
-            dist.broadcast(flags, 0)
-            best_cider, stale_epochs = float(flags[0]), int(flags[1])
-
-    run_log.close()
-    if ranks.main:
+            loop.say(f"reward {reward_note}")
+        if start_epoch == 0:
+            first = loop.record_start({"phase": "scst", "start_checkpoint": str(start_path),
+                                       **objective.settings})
+            start_cider = loop.best_cider
+            if ranks.main:
+                loop.say(f"start {start_path}: val loss {first['val_loss']:.3f}, val CIDEr-D "
+                         f"{start_cider:.3f}")
+        result = loop.run(start_epoch, lambda: {"start_cider": start_cider})
+        run.lines.extend(result.lines)
+        if not ranks.main:
+            return {}
         if memory is not None:
             for line in memory.warnings():
                 warnings.add(line)
-        best_ckpt = load_checkpoint(best, "decoder checkpoint", "re-run `python -m train "
-                                    "--scst-only --force`",
-                                    keys=("epoch", "val_cider", "val_loss"))
-        best_epoch = best_ckpt["epoch"] + 1
-        write_manifest(spec, config, {"best_epoch": best_epoch, "val_cider_start": start_cider,
-                                      "val_cider": best_ckpt["val_cider"],
-                                      "val_loss": best_ckpt["val_loss"], "stopped": stopped,
-                                      "steps": step, "start_checkpoint": str(start_path),
-                                      **warnings.summary()},
-                       state=state)
+        best = load_checkpoint(loop.best, "decoder checkpoint", "re-run `python -m train "
+                               "--scst-only --force`", keys=("epoch", "val_cider", "val_loss"))
+        best_epoch = best["epoch"] + 1
         if best_epoch == 0:
-            lines.append(f"train scst: {stopped} after {step} steps; no epoch beat the start "
-                         f"(val CIDEr-D {start_cider:.3f}): {best} holds the starting weights")
+            run.say(f"{result.stopped} after {result.steps} steps; no epoch beat the start "
+                    f"(val CIDEr-D {start_cider:.3f}): {loop.best} holds the starting weights")
         else:
-            lines.append(f"train scst: {stopped} after {step} steps; best val CIDEr-D "
-                         f"{best_ckpt['val_cider']:.3f} (epoch {best_epoch}, start "
-                         f"{start_cider:.3f}) in {best}")
-    return lines
+            run.say(f"{result.stopped} after {result.steps} steps; best val CIDEr-D "
+                    f"{best['val_cider']:.3f} (epoch {best_epoch}, start {start_cider:.3f}) in "
+                    f"{loop.best}")
+        return {"best_epoch": best_epoch, "val_cider_start": start_cider,
+                "val_cider": best["val_cider"], "val_loss": best["val_loss"],
+                "stopped": result.stopped, "steps": result.steps,
+                "start_checkpoint": str(start_path), **warnings.summary()}
+
+    return run_stage(spec, config, build, force=force, main=ranks.main, decision=decision)

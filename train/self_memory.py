@@ -39,7 +39,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from shared.checkpoint_files import load_checkpoint
+from shared.checkpoint_files import (UnreadableCheckpoint, load_checkpoint, previous_path,
+                                     read_entry)
 from shared.config import Config
 from shared.models.caption_decoder import CaptionDecoder
 from shared.models.memory_attention import MemoryBank
@@ -286,7 +287,7 @@ class SelfMemory:
         """Write the banks to a new file beside `checkpoint` (float16, `save_atomic`) and
         return the small entry the checkpoint itself stores under "memory".
 
-        Call before writing the checkpoint and `train.trainer.drop_stale_banks` after it: at any moment the
+        Call before writing the checkpoint and `drop_stale_banks` after it: at any moment the
         checkpoint on disk names a banks file that is complete, so the pair stays consistent
         whenever the run is killed."""
         token = uuid.uuid4().hex[:16]
@@ -331,7 +332,42 @@ class SelfMemory:
                              "values": [rows.clone() for rows in layer["values"].split(sizes)],
                              "generator": layer["generator"]})
 
+    @staticmethod
+    def check_resume_point(path: Path, ckpt: dict) -> None:
+        """`pick_resume_point` check of a resume point's memory: the banks file it names is
+        there, complete (its tensors are only mapped here) and carries its token."""
+        entry = ckpt.get("memory") or {}
+        name = entry.get("banks_file")
+        if not name:
+            raise UnreadableCheckpoint(path, "it names no memory banks file")
+        try:
+            payload = load_checkpoint(path.with_name(name), "memory banks file", "",
+                                      keys=("token",), mmap=True)
+        except FileNotFoundError:
+            raise UnreadableCheckpoint(path, f"its memory banks file {name} is missing") from None
+        if payload["token"] != entry.get("token"):
+            raise UnreadableCheckpoint(path, f"{name} is another checkpoint's memory banks file")
+
+    @staticmethod
+    def drop_stale_banks(last: Path) -> None:
+        """`drop_stale_banks` (the module function), for the training loop."""
+        drop_stale_banks(last)
+
     def dump(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Current bank contents per layer (for `runs/<dataset>/memory/banks.npz`)."""
         snaps = [bank.snapshot() for bank in self.banks]
         return [k.numpy() for k, _ in snaps], [v.numpy() for _, v in snaps]
+
+
+def drop_stale_banks(last: Path) -> None:
+    """Remove the memory banks files beside `last` (and `.tmp`s of them) that neither `last`
+    nor `last.prev.pt` names: each resume point keeps its own banks file."""
+    keep = set()
+    for checkpoint in (last, previous_path(last)):
+        entry = read_entry(checkpoint, "memory")
+        if isinstance(entry, dict) and entry.get("banks_file"):
+            keep.add(entry["banks_file"])
+    for pattern in (f"{last.stem}.banks.*.pt", f"{last.stem}.banks.*.pt.tmp"):
+        for path in last.parent.glob(pattern):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)

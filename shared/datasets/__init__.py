@@ -1,4 +1,5 @@
-"""Dataset preparation: the embedded demo dataset (+ its tiny CLIP) and COCO / Flickr30k.
+"""Dataset preparation: the embedded demo dataset (+ its tiny CLIP), COCO, Flickr30k, Visual
+Genome and nocaps.
 
 Run as `python -m shared.datasets prepare --config configs/<dataset>.toml`.
 """

@@ -3,7 +3,10 @@
 What it does follows `data.kind` (`data.name` only names the run):
 demo: generate the synthetic dataset, then train the tiny CLIP (each skipped when up to date).
 coco: download COCO 2014 + the Karpathy split where the network allows (exit 2 otherwise).
-flickr30k: check the files as for karpathy, or print the manual steps and exit 2.
+flickr30k: check the images (else one line: where to place them), download Karpathy's json
+    where the network allows, write the COCO caption json (shared/datasets/flickr30k.py).
+vg: convert Visual Genome's files under vg.root (shared/datasets/visual_genome.py).
+nocaps: convert the nocaps validation json, write the domain subsets (shared/datasets/nocaps.py).
 karpathy: a Karpathy-format json already on disk: check it, its images and annotation files.
 """
 
@@ -13,17 +16,21 @@ from pathlib import Path
 
 import typer
 
-from shared.cli import ConfigOption, ForceOption, SetOption, StageFailure, load, one_line_errors
+from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
 from shared.config import Config, require_paths
-from shared.datasets.coco_download import download_coco, flickr30k_instructions
+from shared.datasets.coco_download import download_coco
 from shared.datasets.demo_stage import prepare_demo_data
 from shared.datasets.demo_writer import DemoPaths
+from shared.datasets.flickr30k import prepare_flickr30k
+from shared.datasets.nocaps import prepare_nocaps
+from shared.datasets.visual_genome import prepare_visual_genome
 from shared.datasets.tiny_clip import train_tiny_clip
 from shared.karpathy import SPLITS, load_karpathy, split_records
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prepare datasets (data.kind): the embedded demo (+ its tiny CLIP), "
-                       "COCO, Flickr30k, or check a Karpathy-format one on disk.")
+                       "COCO, Flickr30k, Visual Genome, nocaps, or check a Karpathy-format "
+                       "one on disk.")
 
 
 @app.callback()
@@ -50,6 +57,11 @@ def check_karpathy(config: Config) -> str:
     return f"{data.name}: {data.karpathy_json}: {len(records)} images ({counts}), all present"
 
 
+CONVERTERS = {"flickr30k": prepare_flickr30k, "vg": prepare_visual_genome,
+              "nocaps": prepare_nocaps}
+"""data.kind -> the function preparing that dataset (it returns the lines to print)."""
+
+
 @app.command()
 @one_line_errors
 def prepare(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
@@ -59,19 +71,15 @@ def prepare(config: ConfigOption, set_: SetOption = None, force: ForceOption = F
     if kind == "demo":
         for line in _demo_path_warnings(cfg):
             typer.echo(line, err=True)
-        _, line = prepare_demo_data(cfg, force=force)
-        typer.echo(line)
-        _, line = train_tiny_clip(cfg, force=force)
-        typer.echo(line)
+        for stage in (prepare_demo_data, train_tiny_clip):
+            for line in stage(cfg, force=force):
+                typer.echo(line)
     elif kind == "coco":
         for line in download_coco(cfg.data):
             typer.echo(line)
-    elif kind == "flickr30k":
-        if Path(cfg.data.karpathy_json).is_file() and Path(cfg.data.image_root).is_dir():
-            typer.echo(check_karpathy(cfg))
-            return
-        typer.echo(flickr30k_instructions(cfg.data), err=True)
-        raise StageFailure("flickr30k must be downloaded by hand (steps above)")
+    elif kind in CONVERTERS:
+        for line in CONVERTERS[kind](cfg):
+            typer.echo(line)
     else:  # "karpathy" (load_config allows no other kind)
         typer.echo(check_karpathy(cfg))
 

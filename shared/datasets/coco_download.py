@@ -13,8 +13,8 @@ What is fetched (about 19 GB in all):
 Each host is probed first with a short timeout, so a machine without network access fails at
 once with one line instead of hanging. Archives are downloaded to `<name>.part` and renamed
 when complete; parts already in place are skipped, so an interrupted run can be repeated.
-Flickr30k cannot be downloaded by a script (its images need a sign-up): see
-`FLICKR30K_INSTRUCTIONS`.
+Flickr30k's images cannot be downloaded by a script (a sign-up): see
+`shared.datasets.flickr30k`, which reuses `check_reachable` and `fetch` for Karpathy's json.
 """
 
 from __future__ import annotations
@@ -37,14 +37,6 @@ ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainva
 KARPATHY_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
 PROBE_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
-
-FLICKR30K_INSTRUCTIONS = """\
-Flickr30k cannot be downloaded automatically (the images need a sign-up). To prepare it:
-  1. request the images at https://shannon.cs.illinois.edu/DenotationGraph/ (or the Kaggle
-     mirror 'flickr30k'), and unpack flickr30k-images/*.jpg into {image_root}/
-  2. download {karpathy_url}
-     and copy dataset_flickr30k.json from it to {karpathy_json}
-  3. run this command again to check the files."""
 
 
 class DownloadError(RuntimeError):
@@ -162,8 +154,3 @@ def download_coco(data: DataConfig, probe_timeout: float = PROBE_TIMEOUT_S) -> l
                                 "data.captions_json / data.instances_json")
     return lines
 
-
-def flickr30k_instructions(data: DataConfig) -> str:
-    """Manual steps to put Flickr30k where the `[data]` config expects it."""
-    return FLICKR30K_INSTRUCTIONS.format(image_root=data.image_root, karpathy_url=KARPATHY_URL,
-                                         karpathy_json=data.karpathy_json)

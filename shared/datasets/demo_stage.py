@@ -15,7 +15,8 @@ from typing import Any
 from shared.config import Config
 from shared.datasets.demo_writer import (SUBSET_NAMES, DemoPaths, check_demo_config,
                                          generate_dataset)
-from shared.manifest import StageSpec, decide, remove_manifest, write_manifest
+from shared.manifest import StageSpec
+from shared.stage_runner import StageResult, StageRun, run_stage
 
 DATA_KEYS = ["demo.output_dir", "demo.seed", "demo.n_train", "demo.n_val", "demo.n_test",
              "demo.image_size", "demo.prior_pairs", "demo.prior_strength",
@@ -24,23 +25,22 @@ DATA_KEYS = ["demo.output_dir", "demo.seed", "demo.n_train", "demo.n_val", "demo
 
 def data_stage(config: Config) -> StageSpec:
     """The generated demo dataset as a stage output (the output folder)."""
-    return StageSpec("datasets.demo", Path(config.demo.output_dir), DATA_KEYS)
+    return StageSpec("datasets.demo", Path(config.demo.output_dir), DATA_KEYS,
+                     command="python -m shared.datasets prepare", label="demo data")
 
 
-def prepare_demo_data(config: Config, force: bool = False) -> tuple[bool, str]:
-    """Generate the demo dataset unless up to date; (ran, one-line message)."""
+def prepare_demo_data(config: Config, force: bool = False) -> StageResult:
+    """Generate the demo dataset unless up to date."""
     check_demo_config(config.demo)
-    spec = data_stage(config)
-    decision = decide(spec, config, force)
-    if decision.up_to_date:
-        return False, f"demo data: {decision.reason}"
-    remove_manifest(spec.output)
-    summary = generate_dataset(config.demo)
-    write_manifest(spec, config, summary=summary.__dict__)
-    return True, (f"demo data: wrote {summary.n_images} images ({summary.n_restval} restval), "
-                  f"{summary.n_captions} captions, {summary.n_objects} objects to "
-                  f"{spec.output} in {summary.seconds:.1f}s ({decision.reason})"
-                  + prior_line(summary.prior))
+    return run_stage(data_stage(config), config, _generate, force=force)
+
+
+def _generate(run: StageRun) -> dict[str, Any]:
+    summary = generate_dataset(run.config.demo)
+    run.say(f"wrote {summary.n_images} images ({summary.n_restval} restval), "
+            f"{summary.n_captions} captions, {summary.n_objects} objects to {run.spec.output} "
+            f"in {summary.seconds:.1f}s ({run.reason})" + prior_line(summary.prior))
+    return summary.__dict__
 
 
 def prior_line(statistics: dict[str, Any]) -> str:

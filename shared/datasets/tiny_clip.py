@@ -32,7 +32,8 @@ from shared.datasets.demo_writer import DemoPaths, load_instances
 from shared.images import load_rgb
 from shared.karpathy import ImageRecord, load_karpathy, split_records
 from shared.atomic_files import write_json_atomic
-from shared.manifest import StageSpec, decide, remove_manifest, write_manifest
+from shared.manifest import StageSpec
+from shared.stage_runner import StageResult, StageRun, run_stage
 
 CLIP_KEYS = ["demo.clip_model", "demo.clip_epochs", "demo.clip_batch_size", "demo.clip_lr",
              "demo.clip_object_text_rate", "demo.seed"]
@@ -61,7 +62,8 @@ def clip_stage(config: Config) -> StageSpec:
     """The tiny CLIP weights as a stage output; input: the generated demo dataset."""
     model_json = repo_model_config(config.demo.clip_model)
     return StageSpec("datasets.demo_clip", weights_path(config), CLIP_KEYS,
-                     [Path(config.demo.output_dir), *([model_json] if model_json else [])])
+                     [Path(config.demo.output_dir), *([model_json] if model_json else [])],
+                     command="python -m shared.datasets prepare", label="tiny CLIP")
 
 
 def load_images(records: list[ImageRecord], bundle: ClipBundle, progress: bool = False
@@ -261,20 +263,19 @@ def evaluate_retrieval(bundle: ClipBundle, records: list[ImageRecord],
             "chance": chance_recall(owner, len(records), ks)}
 
 
-def train_tiny_clip(config: Config, force: bool = False, progress: bool = True
-                    ) -> tuple[bool, str]:
-    """Train, save and evaluate the demo CLIP unless up to date; (ran, one-line message)."""
+def train_tiny_clip(config: Config, force: bool = False, progress: bool = True) -> StageResult:
+    """Train, save and evaluate the demo CLIP unless up to date."""
     demo = config.demo
     _check_knobs(demo.clip_epochs, demo.clip_batch_size, demo.clip_lr)
-    spec = clip_stage(config)
-    decision = decide(spec, config, force)
-    if decision.up_to_date:
-        return False, f"tiny CLIP: {decision.reason}"
+    return run_stage(clip_stage(config), config, lambda run: _train(run, progress), force=force)
+
+
+def _train(run: StageRun, progress: bool) -> dict[str, Any]:
+    demo, output = run.config.demo, run.spec.output
     paths = DemoPaths(Path(demo.output_dir))
     records = load_karpathy(paths.karpathy_json, paths.image_root, check_images=True)
     train = split_records(records, "train")
     test = split_records(records, "test")
-    remove_manifest(spec.output)
 
     torch.manual_seed(demo.seed)
     bundle = create_clip(demo.clip_model, pretrained="random", random_seed=demo.seed)
@@ -286,19 +287,19 @@ def train_tiny_clip(config: Config, force: bool = False, progress: bool = True
                                demo.clip_batch_size, demo.clip_lr, demo.seed, progress,
                                objects, demo.clip_object_text_rate)
     train_seconds = time.perf_counter() - start
-    save_clip_weights(bundle.model, spec.output)
+    save_clip_weights(bundle.model, output)
 
-    trained = create_clip(demo.clip_model, pretrained=str(spec.output))
-    metrics = {"model": demo.clip_model, "weights": str(spec.output),
+    trained = create_clip(demo.clip_model, pretrained=str(output))
+    metrics = {"model": demo.clip_model, "weights": str(output),
                "train_images": len(train), "epochs": demo.clip_epochs,
                "train_seconds": round(train_seconds, 1),
                "loss_per_epoch": [round(v, 4) for v in losses], "split": "test",
                **evaluate_retrieval(trained, test)}
-    write_json_atomic(metrics_path(spec.output), metrics)
-    write_manifest(spec, config, summary={k: metrics[k] for k in (
-        "train_images", "train_seconds", "image_to_text", "text_to_image", "chance")})
-    return True, (f"tiny CLIP: trained on {len(train)} images in {train_seconds:.0f}s "
-                  f"-> {spec.output}; {format_recall(metrics)}")
+    write_json_atomic(metrics_path(output), metrics)
+    run.say(f"trained on {len(train)} images in {train_seconds:.0f}s -> {output}; "
+            f"{format_recall(metrics)}")
+    return {k: metrics[k] for k in ("train_images", "train_seconds", "image_to_text",
+                                    "text_to_image", "chance")}
 
 
 def format_recall(metrics: dict[str, Any]) -> str:
