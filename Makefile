@@ -113,8 +113,14 @@ bench: setup
 	$(PY) -m bench.cider
 	$(PY) -m bench.scst
 
-gpu-check: setup
-	$(PY) -m bench.gpu_check
+# One run on one CUDA GPU (< 8 min): runs/gpu_check.{json,md}. It installs the FAISS GPU build
+# (GPU_FAISS); on a host without a GPU it says so in one line and changes nothing.
+GPU_FAISS ?= gpu
+gpu-check:
+	@if nvidia-smi -L >/dev/null 2>&1 || { test -x $(PY) && $(PY) -c \
+	  'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; }; then \
+	  $(MAKE) --no-print-directory setup FAISS=$(GPU_FAISS) && $(PY) -m bench.gpu_check $(ARGS); \
+	else echo "gpu-check: no CUDA GPU on this host (nvidia-smi / torch.cuda); nothing checked"; fi
 
 clean:
 	rm -rf runs/$(DATASET)

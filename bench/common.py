@@ -66,7 +66,7 @@ def image_set_overrides(data: Path, run_root: Path, model: str, device: str, bat
     with random weights, for `extract clip` (store chunks of one batch)."""
     return [f'data.karpathy_json="{data / "dataset.json"}"',
             f'data.image_root="{data / "images"}"', f'data.run_root="{run_root}"',
-            f'clip.model="{model}"', 'clip.pretrained="random"', f'clip.device="{device}"',
+            f'clip.model="{model}"', 'clip.pretrained="random"', f'run.device="{device}"',
             f"clip.batch_size={batch}", f"clip.num_workers={workers}",
             f"store.rows_per_chunk={batch}"]
 

@@ -45,7 +45,7 @@ def main() -> None:
         json_path = Path(tmp) / "dataset.json"
         json_path.write_text(json.dumps({"images": []}))
         sets = [f'data.run_root="{tmp}"', f'data.karpathy_json="{json_path}"',
-                'clip.model="bench-clip"', 'clip.pretrained="random"', 'clip.device="cpu"',
+                'clip.model="bench-clip"', 'clip.pretrained="random"', 'run.device="cpu"',
                 f'store.format="{args.format}"']
         config = bench_config("coco", sets)
         # a synthetic CLIP cache + concept codebook + FSGR checkpoint, with manifests

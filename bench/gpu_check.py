@@ -1,10 +1,22 @@
 """GPU check (only on a CUDA machine; not part of `make test`): `make gpu-check`.
 
-Sections of the JSON report:
+One run on one GPU, under 8 minutes (sections start only while `--budget-s` is not spent; the
+ones left are listed as skipped). Writes `runs/gpu_check.json` and `runs/gpu_check.md` (a
+markdown table of every figure); on a host without a CUDA GPU it exits at once with one line.
 
-* `extract_clip`: `extract clip` with ViT-L-14 (random weights) over generated images, bf16
-  autocast: images/s, model TFLOP/s (forward FLOPs counted by torch.utils.flop_counter) and
-  peak GPU memory.
+Sections:
+
+* `extract_clip`: `extract clip` with ViT-L-14 (random weights, bf16 autocast) over generated
+  JPEGs (COCO-like 512 px, `--images` rows over a few hundred files), once per decode
+  (`clip.decode = "cpu"`: DataLoader workers, `"gpu"`: nvJPEG batches + tensor preprocessing):
+  images/s, model TFLOP/s (forward FLOPs counted by torch.utils.flop_counter), the share of
+  the loop's time spent waiting for input, peak GPU memory; the two stores compared (cosine of
+  `image_embed`, largest patch-token difference); and `decode_parity`: nvJPEG against
+  libjpeg-turbo through the same tensor preprocessing, and against the CPU path (PIL's
+  reduced-scale draft decode), in normalised pixel units, plus the fallback of a JPEG nvJPEG
+  refuses.
+* `fsgr_encode`: `extract encode` at COCO sizes (16x16 tokens of width 1024, d 512, 4585
+  concepts, random FSGR weights, a synthetic CLIP cache): images/s and peak GPU memory.
 * `train_step`: one COCO-scale XE training step of the PMA decoder, sizes from
   `configs/coco.toml` (decoder d_model 512 / 8 heads / 3 layers / FFN 2048, batch 50, caption
   length max_caption_words + 2 = 22) plus 256 visual tokens of width `fsgr.d_model` (512), a
@@ -13,14 +25,16 @@ Sections of the JSON report:
   clipping, Adam. Steps/s over 50 timed steps after 10 warm-up steps (random batches already
   on the GPU, so no data loading; memory-bank collection and prototype refresh not included)
   and `torch.cuda.max_memory_allocated()` (model, Adam state, activations, prototypes).
-
+* `refresh`: one PMA prototype refresh at the COCO config (3 layer banks of
+  `memory.bank_cap` keys, `bench/refresh.py`'s `measure_refresh`): seconds, FAISS on GPU or
+  CPU, and its share of XE time at 5 steps/s.
+* `faiss`: the FAISS build, the GPUs it sees, the index class `shared.prototypes` builds (a
+  `GpuIndexFlatL2` when the GPU index is in use) and a k-NN search's time.
 * `scst_step`: SCST steps (`bench/scst.py`'s `measure_scst_step`) of the same COCO-size
   decoder and `[scst]` of `configs/coco.toml` (beam 5 candidates, mean baseline; 50 images,
   256 tokens, 1024 prototypes, ~10k words), bf16: ms per step for candidates, CIDEr-D rewards
   and the update, the rewards' share of the step, and the share pycocoevalcap's `CiderScorer`
-  would have on the same candidates (the figure that says how much a per-sample Python reward
-  would slow SCST down on this GPU).
-
+  would have on the same candidates.
 * `resume`: the resume path on the GPU, at demo scale (a 150-image demo dataset, tiny CLIP
   trained 1 epoch, `extract` on `cuda`): `extract fit`, XE (`memory.self`, prototypes refreshed
   in both epochs) and SCST each run for one epoch, interrupted right after writing `last.pt`,
@@ -31,58 +45,248 @@ Sections of the JSON report:
   and its loss beside an uninterrupted run's (equal on CPU; GPU kernels need not be bitwise
   deterministic). About a minute.
 
-`--cpu-smoke` runs `train_step` and `scst_step` on CPU with tiny sizes for 2 steps (no GPU
-needed); `--cpu-smoke --sections resume` runs the `resume` section on CPU (a few minutes on a
-laptop CPU).
+`--cpu-smoke` runs every section but `resume` on CPU with tiny sizes (the GPU decode path run
+on the CPU, FAISS on the CPU; no GPU needed, about a minute); `--cpu-smoke --sections resume`
+runs the `resume` section on CPU (a few minutes on a laptop CPU). The smoke writes files only
+with `--out`.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import (BOS, EOS, add_overrides, bench_config, cuda_sync,
-                          image_set_overrides, install_random_prototypes, make_parser,
-                          print_report, write_image_set, xe_step)
-from bench.scst import measure_scst_step
-from extract.clip_features import extract_clip
-from shared.clip_model import create_clip, encode_images
-from shared.stages import train_dir
+                          install_random_prototypes, make_parser, print_report, xe_step)
 from shared.vocabulary import SPECIALS
-from shared.models.factory import build_decoder
+
+# The pipeline's modules (open_clip, the models, the stages) are imported by the sections that
+# use them, so that a host without a GPU is told so at once.
+
+DEFAULT_OUT = Path("runs") / "gpu_check.json"
+SECTIONS = ["extract_clip", "fsgr_encode", "train_step", "refresh", "faiss", "scst_step",
+            "resume"]
 
 
-def forward_flops_per_image(model_name: str) -> float:
-    """Forward FLOPs of the vision tower for one image."""
-    bundle = create_clip(model_name, "random", device="cuda")
-    images = torch.randn(1, 3, bundle.image_size, bundle.image_size, device="cuda")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        encode_images(bundle, images)
-    return float(counter.get_total_flops())
+def _peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
 
 
-def check_extract(n_images: int, batch: int, workers: int, model: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        data = write_image_set(Path(tmp) / "data", n_images, size=320)
-        config = bench_config("coco", image_set_overrides(data, Path(tmp) / "runs", model,
-                                                          "cuda", batch, workers))
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        result = extract_clip(config, progress=False)
-        assert result.complete and result.summary["failed"] == 0
-    ips = result.summary["processed"] / result.summary["seconds"]
-    flops = forward_flops_per_image(model)
-    return {"model": model, "images": n_images, "batch": batch, "workers": workers,
-            "precision": "bf16", "images_per_s": round(ips, 1),
-            "model_tflops_per_s": round(ips * flops / 1e12, 1),
-            "gflops_per_image": round(flops / 1e9, 1),
-            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
+def write_images(root: Path, n_files: int, n_rows: int, size: int, seed: int = 0) -> Path:
+    """`n_files` noisy JPEGs of `size` px under `root/images` and a Karpathy json of `n_rows`
+    entries cycling over them (a large image set without writing every file)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n_files):
+        base = np.stack([(xx * rng.uniform(0.2, 1)) % 256, (yy * rng.uniform(0.2, 1)) % 256,
+                         (xx + yy) % 256], axis=-1)
+        noisy = (base + rng.normal(0, 20, base.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(root / "images" / f"{i:06d}.jpg", quality=90)
+    entries = [{"split": "train", "filepath": "", "filename": f"{i % n_files:06d}.jpg",
+                "imgid": i, "sentences": [{"tokens": ["an", "image"], "raw": "An image."}]}
+               for i in range(n_rows)]
+    (root / "dataset.json").write_text(json.dumps({"images": entries}))
+    return root
+
+
+def _store_arrays(path: Path) -> dict[str, np.ndarray]:
+    from shared.feature_store import FeatureStore
+    with FeatureStore.open(path) as store:
+        return {name: store.read(name) for name in ("image_embed", "patch_tokens", "valid")}
+
+
+def check_decode_parity(files: list[Path], preprocess: Callable, image_size: int,
+                        device: torch.device) -> dict:
+    """nvJPEG (tensor path on `device`) against libjpeg-turbo (the same on the CPU) and
+    against the CPU path (PIL with draft + open_clip's transform `preprocess`), normalised
+    pixel units."""
+    from shared.gpu_decode import (TensorPreprocess, decode_jpegs, jpeg_bytes,
+                                   preprocess_tensors)
+    from shared.images import load_rgb
+    spec = TensorPreprocess.from_transform(preprocess)
+    datas = [jpeg_bytes(path) for path in files]
+    on_device = preprocess_tensors(decode_jpegs(datas, device), spec, device).cpu()
+    on_cpu = preprocess_tensors(decode_jpegs(datas, "cpu"), spec, "cpu")
+    cpu_path = torch.stack([preprocess(load_rgb(path, target_size=image_size))
+                            for path in files])
+    data = files[0].read_bytes()
+    refused = torch.frombuffer(bytearray(data.replace(b"\xff\xc0", b"\xff\xc3", 1)),
+                               dtype=torch.uint8)
+    device_vs_cpu, device_vs_path = (on_device - on_cpu).abs(), (on_device - cpu_path).abs()
+    return {"images": len(files),
+            "tensor_path_device_vs_cpu_max": round(float(device_vs_cpu.max()), 4),
+            "tensor_path_device_vs_cpu_mean": round(float(device_vs_cpu.mean()), 5),
+            "device_vs_cpu_path_max": round(float(device_vs_path.max()), 4),
+            "device_vs_cpu_path_mean": round(float(device_vs_path.mean()), 5),
+            "lossless_jpeg_refused_on_device": decode_jpegs([refused], device) == [None]}
+
+
+def check_extract(n_images: int, batch: int, workers: int, model: str, device: torch.device,
+                  decodes: list[str], n_files: int = 256, size: int = 512,
+                  precision: str = "bf16") -> dict:
+    """`extract clip` once per decode over the same images (see the module docstring)."""
+    import extract.clip_features as clip_features
+    from bench.extract import forward_flops_per_image
+    from extract.clip_features import extract_clip
+    from shared.clip_model import create_clip
+    report: dict = {"model": model, "images": n_images, "files": n_files, "image_size": size,
+                    "batch": batch, "workers": workers, "precision": precision}
+    if device.type != "cuda":  # the smoke: the GPU decode path run on the CPU
+        clip_features.GPU_DECODE_DEVICES = ("cuda", "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_images(Path(tmp) / "data", n_files, n_images, size)
+        stores = {}
+        for decode in decodes:
+            config = bench_config("coco", [
+                f'data.karpathy_json="{data / "dataset.json"}"',
+                f'data.image_root="{data / "images"}"', f'data.run_root="{tmp}/{decode}"',
+                f'clip.model="{model}"', 'clip.pretrained="random"',
+                f'run.device="{device.type}"', f"clip.batch_size={batch}",
+                f"clip.num_workers={workers}", f"store.rows_per_chunk={batch}",
+                f'clip.precision="{precision}"', f'clip.decode="{decode}"'])
+            _reset_peak(device)
+            result = extract_clip(config, progress=False)
+            summary = result.summary
+            assert result.complete and summary["failed"] == 0, summary
+            ips = summary["processed"] / summary["seconds"]
+            report[f"{decode}_decode"] = {
+                "images_per_s": round(ips, 1), "seconds": summary["seconds"],
+                "input_wait_share": round(summary["input_wait_seconds"] / summary["seconds"], 3),
+                "peak_gpu_mem_gib": _peak_gib(device)}
+            stores[decode] = _store_arrays(result.output)
+        bundle = create_clip(model, "random", device=device)
+        flops = forward_flops_per_image(bundle, device)
+        report["gflops_per_image"] = round(flops / 1e9, 2)
+        for decode in decodes:
+            entry = report[f"{decode}_decode"]
+            entry["model_tflops_per_s"] = round(entry["images_per_s"] * flops / 1e12, 2)
+        if len(stores) == 2:
+            a, b = (torch.from_numpy(stores[d]["image_embed"].astype(np.float32))
+                    for d in decodes)
+            cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+            tokens = np.abs(stores[decodes[0]]["patch_tokens"].astype(np.float32)
+                            - stores[decodes[1]]["patch_tokens"])
+            report["stores_compared"] = {
+                "image_embed_cosine_min": round(float(cosine.min()), 5),
+                "image_embed_cosine_mean": round(float(cosine.mean()), 5),
+                "patch_tokens_max_abs_diff": round(float(tokens.max()), 4),
+                "patch_tokens_mean_abs_diff": round(float(tokens.mean()), 5)}
+            ratio = report["gpu_decode"]["images_per_s"] / report["cpu_decode"]["images_per_s"]
+            report["gpu_over_cpu_decode"] = round(ratio, 2)
+        if "gpu" in decodes:
+            files = sorted((data / "images").glob("*.jpg"))[:32]
+            report["decode_parity"] = check_decode_parity(files, bundle.preprocess,
+                                                          bundle.image_size, device)
+    return report
+
+
+def check_encode(device: torch.device, images: int, grid: int = 16, width: int = 1024,
+                 embed: int = 768, concepts: int = 4585, sets: tuple[str, ...] = ()) -> dict:
+    """`extract encode` on `device` over a synthetic CLIP cache at COCO sizes, random FSGR
+    weights (the set-up of `bench/fsgr.py`)."""
+    from extract.fsgr_encode import encode_fsgr
+    from shared.feature_store import ArraySpec, FeatureStore
+    from shared.manifest import write_manifest
+    from shared.models.factory import FsgrMeta, build_encoder
+    from shared.stages import clip_stage, concepts_stage, fit_stage, vocab_stage
+    from shared.vocabulary import Vocabulary
+    rng = np.random.default_rng(0)
+    n_patches = grid * grid
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path = Path(tmp) / "dataset.json"
+        json_path.write_text(json.dumps({"images": []}))
+        config = bench_config("coco", [
+            f'data.run_root="{tmp}"', f'data.karpathy_json="{json_path}"',
+            'clip.model="bench-clip"', 'clip.pretrained="random"',
+            f'run.device="{device.type}"', *sets])
+        rows = config.store.rows_per_chunk
+        clip = clip_stage(config)
+        proj = rng.standard_normal((width, embed)).astype(np.float32) / 30
+        chunk = {"patch_tokens": rng.standard_normal((rows, n_patches, width),
+                                                     np.float32).astype(np.float16),
+                 "image_embed": rng.standard_normal((rows, embed), np.float32).astype(np.float16)}
+        with FeatureStore.create(clip.output, [
+                ArraySpec("patch_tokens", (n_patches, width), "float16"),
+                ArraySpec("image_embed", (embed,), "float16"),
+                ArraySpec("image_ids", (), "int64"), ArraySpec("valid", (), "uint8"),
+                ArraySpec("visual_proj", (width, embed), "float32", per_row=False)],
+                images, rows, {"model": "bench-clip", "grid": [grid, grid]}) as store:
+            for start in range(0, images, rows):
+                stop = min(start + rows, images)
+                store.write_rows(start, {
+                    "patch_tokens": chunk["patch_tokens"][:stop - start],
+                    "image_embed": chunk["image_embed"][:stop - start],
+                    "image_ids": np.arange(start, stop), "valid": np.ones(stop - start, np.uint8)})
+            store.write_whole("visual_proj", proj)
+        write_manifest(clip, config)
+        vocab = vocab_stage(config)
+        Vocabulary(list(SPECIALS)).save(vocab.output)
+        write_manifest(vocab, config)
+        concepts_spec = concepts_stage(config)
+        concepts_spec.output.parent.mkdir(parents=True, exist_ok=True)
+        concepts_spec.output.write_bytes(b"synthetic")
+        write_manifest(concepts_spec, config)
+        meta = FsgrMeta("bench-clip", (grid, grid), width, embed, "synthetic", concepts)
+        encoder = build_encoder(config, meta, torch.from_numpy(proj),
+                                torch.randn(concepts, embed)).eval()
+        fit = fit_stage(config)
+        torch.save({"encoder": encoder.state_dict(), "meta": {**meta.__dict__,
+                    "concepts_identity": json.loads(concepts_spec.manifest_path.read_text())[
+                        "identity"]}}, fit.output)
+        write_manifest(fit, config)
+        _reset_peak(device)
+        started = time.perf_counter()
+        result = encode_fsgr(config, progress=False)
+        seconds = time.perf_counter() - started
+        assert result.complete
+    return {"images": images, "grid": grid, "clip_width": width, "d_model": config.fsgr.d_model,
+            "concepts": concepts, "precision": config.clip.precision,
+            "images_per_s": round(images / seconds, 1), "seconds": round(seconds, 2),
+            "peak_gpu_mem_gib": _peak_gib(device)}
+
+
+def check_refresh(sets: list[str], layers: int = 0) -> dict:
+    """One prototype refresh at the COCO config (`bench/refresh.py`)."""
+    from bench.refresh import measure_refresh
+    return measure_refresh(bench_config("coco", sets), layers)
+
+
+def check_faiss(keys: int = 200_000, width: int = 512, queries: int = 1024, k: int = 16) -> dict:
+    """Which FAISS index `shared.prototypes` builds here and one k-NN search's time."""
+    import faiss
+
+    from shared.prototypes import faiss_gpus, flat_l2_index
+    gpus = faiss_gpus(None)
+    index = flat_l2_index(width, None, 0 if gpus else None)
+    rng = np.random.default_rng(0)
+    index.add(rng.standard_normal((keys, width), dtype=np.float32))
+    query = rng.standard_normal((queries, width), dtype=np.float32)
+    index.search(query[:8], k)
+    started = time.perf_counter()
+    index.search(query, k)
+    seconds = time.perf_counter() - started
+    return {"faiss": faiss.__version__, "gpus_seen": gpus, "index": type(index).__name__,
+            "gpu_index_in_use": "Gpu" in type(index).__name__, "keys": keys, "width": width,
+            "queries": queries, "k": k, "search_ms": round(1000 * seconds, 2)}
 
 
 # tiny sizes for `--cpu-smoke` (same code path, seconds on a laptop CPU)
@@ -106,6 +310,7 @@ def random_captions(batch: int, length: int, vocab_size: int, generator: torch.G
 def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, steps: int,
                      warmup: int, overrides: list[str]) -> dict:
     """Steps/s and peak memory of XE training steps at the sizes of configs/coco.toml."""
+    from shared.models.factory import build_decoder
     config = bench_config("coco", ["memory.self=true", 'train.precision="bf16"', *overrides])
     cuda = device.type == "cuda"
     if cuda:
@@ -161,6 +366,7 @@ def check_train_step(device: torch.device, visual_tokens: int, vocab_size: int, 
 def check_scst_step(device: torch.device, visual_tokens: int, vocab_size: int, steps: int,
                     overrides: list[str]) -> dict:
     """Where an SCST step's time goes at the sizes of configs/coco.toml."""
+    from bench.scst import measure_scst_step
     config = bench_config("coco", ["memory.self=true", 'train.precision="bf16"', *overrides])
     return measure_scst_step(config, device, batch_images=config.scst.batch_size, steps=steps,
                              images=20_000, vocab_size=vocab_size, patches=visual_tokens,
@@ -247,11 +453,13 @@ def check_resume(device: torch.device) -> dict:
     import extract.fsgr_fit as fsgr_fit
     import train.scst as scst
     import train.trainer as trainer
+    from extract.clip_features import extract_clip
     from extract.concepts import build_concepts
     from extract.fsgr_encode import encode_fsgr
     from extract.vocab_stage import build_vocab
     from shared.datasets.demo_stage import demo_overrides, prepare_demo_data
     from shared.datasets.tiny_clip import train_tiny_clip
+    from shared.stages import train_dir
 
     started = time.perf_counter()
     report: dict = {"device": str(device)}
@@ -260,7 +468,7 @@ def check_resume(device: torch.device) -> dict:
         config = bench_config("demo", [
             *demo_overrides(root / "demo"), f"data.run_root={json.dumps(str(root / 'runs'))}",
             f"clip.pretrained={json.dumps(str(root / 'demo' / 'tiny_clip.pt'))}",
-            f"clip.device={json.dumps(device.type)}", *RESUME_SETS])
+            f"run.device={json.dumps(device.type)}", *RESUME_SETS])
         prepare_demo_data(config)
         train_tiny_clip(config, progress=False)
         build_vocab(config)
@@ -297,61 +505,137 @@ def check_resume(device: torch.device) -> dict:
     return report
 
 
+def flatten(report: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted name, value) of every scalar in the report, in order."""
+    rows: list[tuple[str, str]] = []
+    for key, value in report.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += flatten(value, name + ".")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                rows += flatten(item, f"{name}[{i}].")
+        else:
+            rows.append((name, json.dumps(value) if not isinstance(value, str) else value))
+    return rows
+
+
+def markdown(report: dict) -> str:
+    """The report as one markdown table: section | figure | value."""
+    lines = [f"# gpu-check: {report.get('device', '')}", "", "| section | figure | value |",
+             "|---|---|---:|"]
+    for section, value in report.items():
+        if isinstance(value, dict):
+            for name, text in flatten(value):
+                lines.append(f"| {section} | {name} | {text.replace('|', '/')} |")
+        else:
+            lines.append(f"| | {section} | {str(value).replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: Path) -> None:
+    """`out` (json) and the same name with `.md` (the markdown table)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+
+
+def run_sections(sections: dict[str, Callable[[], dict]], chosen: list[str], report: dict,
+                 budget_s: float) -> None:
+    """Run the chosen sections in order while the time budget lasts; a failing section is
+    reported and the others still run."""
+    started = time.perf_counter()
+    for name in chosen:
+        elapsed = time.perf_counter() - started
+        if elapsed > budget_s:
+            report[name] = {"skipped": f"time budget ({budget_s:.0f} s) spent after "
+                                       f"{elapsed:.0f} s"}
+            continue
+        section_start = time.perf_counter()
+        try:
+            report[name] = sections[name]()
+        except Exception as err:  # noqa: BLE001 - reported; the other sections still run
+            report[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        report[name]["section_seconds"] = round(time.perf_counter() - section_start, 1)
+        print(f"gpu-check: {name} done ({report[name]['section_seconds']} s)", file=sys.stderr,
+              flush=True)
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+
+
 def main() -> None:
     parser = make_parser(__doc__)
-    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--model", default="ViT-L-14")
     parser.add_argument("--sections", default=None,
-                        help="comma-separated sections to run (default: extract_clip,"
-                             "train_step,scst_step,resume; with --cpu-smoke: train_step,"
-                             "scst_step)")
+                        help=f"comma-separated sections to run (default: {','.join(SECTIONS)}; "
+                             "with --cpu-smoke: all but resume)")
+    parser.add_argument("--encode-images", type=int, default=2048)
     parser.add_argument("--train-visual-tokens", type=int, default=256)
     parser.add_argument("--train-vocab", type=int, default=10_000)
     parser.add_argument("--train-steps", type=int, default=50)
     parser.add_argument("--train-warmup", type=int, default=10)
-    parser.add_argument("--scst-steps", type=int, default=10)
+    parser.add_argument("--scst-steps", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=360.0,
+                        help="start no section after this many seconds (the whole check "
+                             "stays under 8 minutes on one GPU)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"report json (and .md beside it); default {DEFAULT_OUT} on a GPU")
     add_overrides(parser, "--train-set",
                   help="config override for train_step on configs/coco.toml")
     parser.add_argument("--cpu-smoke", action="store_true",
-                        help="train_step and scst_step on CPU, tiny sizes, 2 steps (no GPU)")
+                        help="every section but resume on CPU, tiny sizes (no GPU)")
     args = parser.parse_args()
-    known = ["extract_clip", "train_step", "scst_step", "resume"]
-    default = ["train_step", "scst_step"] if args.cpu_smoke else known
-    sections = default if args.sections is None else \
+    default = [s for s in SECTIONS if s != "resume"] if args.cpu_smoke else SECTIONS
+    chosen = default if args.sections is None else \
         [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - set(known)
+    unknown = set(chosen) - set(SECTIONS)
     if unknown:
         sys.exit(f"gpu-check: unknown sections {sorted(unknown)}")
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        sys.exit("gpu-check: no CUDA GPU visible; run it on a GPU machine "
+                 "(or --cpu-smoke for the CPU smoke test)")
     if args.cpu_smoke:
         cpu, smoke = torch.device("cpu"), [*SMOKE_OVERRIDES, *args.train_set]
-        report = {"device": "cpu (smoke, tiny sizes)"}
-        if "train_step" in sections:
-            report["train_step"] = check_train_step(cpu, 16, 200, 2, 0, smoke)
-        if "scst_step" in sections:
-            report["scst_step"] = check_scst_step(cpu, 16, 200, 2,
-                                                  [*smoke, "scst.batch_size=4"])
-        if "resume" in sections:
-            report["resume"] = check_resume(cpu)
+        report: dict = {"device": "cpu (smoke, tiny sizes)"}
+        sections: dict[str, Callable[[], dict]] = {
+            "extract_clip": lambda: check_extract(32, 8, 1, "demo-tiny-clip", cpu,
+                                                  ["cpu", "gpu"], n_files=8, size=160,
+                                                  precision="fp32"),
+            "fsgr_encode": lambda: check_encode(cpu, 64, grid=4, width=32, embed=16,
+                                                concepts=50, sets=tuple(SMOKE_OVERRIDES)),
+            "train_step": lambda: check_train_step(cpu, 16, 200, 2, 0, smoke),
+            "refresh": lambda: check_refresh([*smoke, "memory.bank_cap=2000",
+                                              'cluster.device="cpu"'], layers=1),
+            "faiss": lambda: check_faiss(keys=2000, width=64, queries=64),
+            "scst_step": lambda: check_scst_step(cpu, 16, 200, 2,
+                                                 [*smoke, "scst.batch_size=4"]),
+            "resume": lambda: check_resume(cpu)}
+        run_sections(sections, chosen, report, math.inf)
         print_report(report)
+        if args.out is not None:
+            write_report(report, args.out)
         return
-    if not torch.cuda.is_available():
-        sys.exit("gpu-check: no CUDA GPU visible; run it on a GPU machine")
-    report: dict = {"device": torch.cuda.get_device_name()}
-    if "extract_clip" in sections:
-        report["extract_clip"] = check_extract(args.images, args.batch, args.workers,
-                                               args.model)
-    if "train_step" in sections:
-        report["train_step"] = check_train_step(
-            torch.device("cuda"), args.train_visual_tokens, args.train_vocab, args.train_steps,
-            args.train_warmup, args.train_set)
-    if "scst_step" in sections:
-        report["scst_step"] = check_scst_step(torch.device("cuda"), args.train_visual_tokens,
-                                              args.train_vocab, args.scst_steps, args.train_set)
-    if "resume" in sections:
-        report["resume"] = check_resume(torch.device("cuda"))
+    cuda = torch.device("cuda")
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    sections = {
+        "extract_clip": lambda: check_extract(args.images, args.batch, args.workers,
+                                              args.model, cuda, ["cpu", "gpu"]),
+        "fsgr_encode": lambda: check_encode(cuda, args.encode_images),
+        "train_step": lambda: check_train_step(cuda, args.train_visual_tokens,
+                                               args.train_vocab, args.train_steps,
+                                               args.train_warmup, args.train_set),
+        "refresh": lambda: check_refresh(args.train_set),
+        "faiss": check_faiss,
+        "scst_step": lambda: check_scst_step(cuda, args.train_visual_tokens, args.train_vocab,
+                                             args.scst_steps, args.train_set),
+        "resume": lambda: check_resume(cuda)}
+    run_sections(sections, chosen, report, args.budget_s)
+    out = args.out or DEFAULT_OUT
+    write_report(report, out)
     print_report(report)
+    print(f"gpu-check: wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import torch
 
 from bench.common import (CAPTIONS_PER_IMAGE, add_overrides, config_path, make_parser,
                           print_report, timed)
-from shared.config import load_config
+from shared.config import Config, load_config
 from shared.prototypes import faiss_gpus, fit_sample_size, use_gpu_for
 from train.self_memory import layer_prototypes, to_bank_dtype
 
@@ -74,6 +74,26 @@ def timed_refreshes(banks: list, configs: dict, gpu_device: int | None) -> dict:
             run["inertia"].append(stats.inertia)
             run["layer_seconds"].append(round(seconds, 2))
     return runs
+
+
+def measure_refresh(config: Config, layers: int = 0, seed: int = 0) -> dict:
+    """One prototype refresh at `config`'s sizes (`memory.bank_cap` random keys of width
+    `decoder.d_model` per layer, `layers` of them, default every decoder layer), as the trainer
+    runs it: seconds, where FAISS ran (`cluster.device`), the points K-Means trained on and
+    the inertia over the whole banks (`bench/gpu_check.py`'s `refresh` section)."""
+    mem = config.memory
+    layers = layers or config.decoder.n_dec_layers
+    gpu_device = 0 if faiss_gpus(use_gpu_for(config.cluster.device)) else None
+    banks = [random_bank(mem.bank_cap, config.decoder.d_model, seed + layer)
+             for layer in range(layers)]
+    run = timed_refreshes(banks, {"refresh": config}, gpu_device)["refresh"]
+    return {"layers": layers, "bank_keys": mem.bank_cap, "width": config.decoder.d_model,
+            "m": mem.n_prototypes, "knn": mem.knn, "n_iter": config.cluster.n_iter,
+            "kmeans_max_points": mem.kmeans_max_points, "fit_points": run["fit_points"],
+            "faiss": faiss.__version__, "faiss_on": "gpu" if gpu_device is not None else "cpu",
+            "seconds": round(run["seconds"], 2), "layer_seconds": run["layer_seconds"],
+            "share_of_xe_at_5_steps_per_s": round(run["seconds"] * 5 / mem.refresh_stride, 4),
+            "inertia": round(sum(run["inertia"]), 2)}
 
 
 def measure_step_rate(config_file: Path, sets: list[str], device: torch.device,

@@ -64,7 +64,7 @@ class Captioner:
         (default: the current directory)."""
         self.config = config
         self.working_dir = Path(working_dir or Path.cwd()).resolve()
-        self.device = resolve_device(config.clip.device) if device is None \
+        self.device = resolve_device(config.run.device) if device is None \
             else torch.device(device)
         self.fsgr: torch.nn.Module | None = None
         self.meta: FsgrMeta | None = None

@@ -22,7 +22,6 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 SPICE_LIB = Path(spice_module.__file__).resolve().parent / "lib"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 
 
 @dataclass

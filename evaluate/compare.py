@@ -47,7 +47,7 @@ import numpy as np
 
 from evaluate.caption_checks import memoryless
 from evaluate.hallucination import rate_change_section
-from evaluate.metrics_table import (FLAG, SHORT_NAMES, SIGNIFICANT, Interval, difference_latex,
+from evaluate.metrics_table import (BY_NAME, FLAG, SIGNIFICANT, Interval, difference_latex,
                                     difference_markdown, latex_table, markdown_table)
 from evaluate.paired_bootstrap import (METRICS, Difference, PerImage, check_settings,
                                        corpus_value, paired_difference, pool, read_per_image,
@@ -415,9 +415,9 @@ def interval_heading(intervals: Intervals, baseline: str, settings: BootstrapSet
 
 def interval_definitions(intervals: Intervals) -> list[str]:
     """How the bootstrapped metrics are computed on a resample."""
-    short = {name: SHORT_NAMES.get(name, name) for name in intervals.metrics}
     lines = []
-    for name, text in short.items():
+    for name in intervals.metrics:
+        text = BY_NAME[name].short
         if name == "CIDEr":
             lines.append(f"Δ{text}: mean of the per-image CIDEr-D, whose document frequencies "
                          "stay those of the full test set's references (pycocoevalcap's "
@@ -434,7 +434,7 @@ def interval_definitions(intervals: Intervals) -> list[str]:
 
 def percentile_notes(intervals: Intervals) -> list[str]:
     """One line per difference whose interval is the percentile one (BCa undefined)."""
-    return [f"{label} Δ{SHORT_NAMES.get(name, name)}: percentile interval (BCa is undefined "
+    return [f"{label} Δ{BY_NAME[name].short}: percentile interval (BCa is undefined "
             "when the difference is the same on every resample)"
             for label, differences in intervals.differences.items()
             for name, difference in differences.items() if difference.method != "BCa"]
@@ -578,7 +578,7 @@ def subset_title(variants: list[Variant], name: str) -> str:
 def subset_notes(intervals: Intervals) -> list[str]:
     """The lines under a subset's differences: what was bootstrapped, percentile intervals,
     why CIDEr was not, and what could not be computed."""
-    bootstrapped = ", ".join(f"Δ{SHORT_NAMES.get(m, m)}" for m in intervals.metrics)
+    bootstrapped = ", ".join(f"Δ{BY_NAME[m].short}" for m in intervals.metrics)
     defined = [f"{bootstrapped}: counted as for the whole split, on resamples of the subset's "
                "captions (exact per image)"] if intervals.differences else []
     return [*defined, *percentile_notes(intervals), SUBSET_CIDER_NOTE, *intervals.notes]

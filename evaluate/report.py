@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from evaluate.metrics_table import SHORT_NAMES, columns
+from evaluate.metrics_table import Metric, columns
 from shared.atomic_files import write_text_atomic
 from shared.images import ImageError, load_rgb
 from shared.models.fsgr import usage_summary
@@ -415,20 +415,20 @@ def render_hallucinations(table: HallucinationTable | None) -> str:
 
 
 def render_subsets(rows: list[SubsetRow] | None) -> str:
-    """The "Subsets" section ('' without subsets): name, images and every metric x 100."""
+    """The "Subsets" section ('' without subsets): name, images and every metric (x 100)."""
     if not rows:
         return ""
-    names = columns([r.metrics for r in rows], [r.not_computed for r in rows])
-    head = "".join(f'<th title="{_esc(n)}">{_esc(SHORT_NAMES.get(n, n))}</th>' for n in names)
+    metrics = columns([r.metrics for r in rows], [r.not_computed for r in rows])
+    head = "".join(f'<th title="{_esc(m.name)}">{_esc(m.short)}</th>' for m in metrics)
 
-    def cell(row: SubsetRow, name: str) -> str:
-        value = row.metrics.get(name)
+    def cell(row: SubsetRow, metric: Metric) -> str:
+        value = row.metrics.get(metric.name)
         if value is None:
-            return f'<td class="num" title="{_esc(row.not_computed.get(name, ""))}">n/a</td>'
-        return f'<td class="num">{100 * float(value):.1f}</td>'
+            return f'<td class="num" title="{_esc(row.not_computed.get(metric.name, ""))}">n/a</td>'
+        return f'<td class="num">{metric.scale * float(value):.1f}</td>'
 
     body = "".join(f'<tr><th title="{_esc(r.file)}">{_esc(r.name)}</th>'
-                   f'<td class="num">{r.images}</td>{"".join(cell(r, n) for n in names)}</tr>'
+                   f'<td class="num">{r.images}</td>{"".join(cell(r, m) for m in metrics)}</tr>'
                    for r in rows)
     return (f'<section class="subsets" id="subsets"><h2>Subsets</h2>'
             f'<p class="hall-note">Each subset of the split scored alone (scores x 100): '

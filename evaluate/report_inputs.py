@@ -26,13 +26,12 @@ from evaluate.report import (CodebookUsage, CoObject, HallucinationRow, Hallucin
                              Highlight, ReportImage, SubsetRow, write_report)
 from evaluate.signature import signature_line
 from extract.concepts import ConceptCodebook
-from extract.fsgr_fit import USAGE_FILE
 from shared.config import Config
 from shared.feature_store import FeatureStore
 from shared.manifest import read_manifest, require_current
 from shared.stage_runner import StageRun, run_stage
-from shared.stages import (all_stages, concepts_stage, encode_stage, eval_dir, eval_stage,
-                           fit_stage, fsgr_dir, report_stage, train_dir)
+from shared.stages import (all_stages, codebook_usage_path, concepts_stage, encode_stage,
+                           eval_dir, eval_stage, fit_stage, report_stage, train_dir)
 
 
 def build_report(config: Config, max_images: int = 0) -> Path:
@@ -162,7 +161,7 @@ def stage_warnings(config: Config) -> list[str]:
 def codebook_usage(config: Config) -> CodebookUsage | None:
     """The per-concept usage `extract fit` recorded for the current `fsgr.pt` (argmax over the
     val images' patches at the best epoch); None when absent or from another fit."""
-    path = fsgr_dir(config) / USAGE_FILE
+    path = codebook_usage_path(config)
     fit = read_manifest(fit_stage(config).output)
     try:
         usage = json.loads(path.read_text())

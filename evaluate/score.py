@@ -67,7 +67,7 @@ def write_captions(config: Config, force: bool = False, progress: bool = True,
     """Decode `eval.split` of `dataset` (default: the Karpathy json) into captions.json, or
     skip it when up to date."""
     def build(run: StageRun) -> dict[str, Any]:
-        device = resolve_device(config.clip.device)
+        device = resolve_device(config.run.device)
         trained = load_trained_decoder(config, device)
         started = time.perf_counter()
         captions = decode_records(config, trained, split_of(config, dataset), device, progress)
@@ -170,12 +170,7 @@ def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
                             "max_length": config.eval.max_length},
                "checkpoint": (read_manifest(captions_stage(config).output) or {}).get("summary",
                                                                                         {})}
-    if subsets:
-        metrics["subsets"], subset_notes = score_subsets(config, subsets, captions, references,
-                                                         chair_images, per_image, not_computed)
-        notes.extend(subset_notes)
-        for i, entry in per_image.items():
-            entry["subsets"] = memberships(subsets, i)
+    score_subsets(config, subsets, captions, references, chair_images, per_image, metrics)
     write_json_atomic(eval_dir(config) / "per_image.json", list(per_image.values()))
     write_hallucination(eval_dir(config), hallucination)  # None: a stale one is removed
     write_json_atomic(run.spec.output, metrics)
@@ -185,13 +180,15 @@ def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
 
 def score_subsets(config: Config, subsets: dict[str, frozenset[int]], captions: dict[int, str],
                   references: dict[int, list[str]], chair: dict[int, ImageChair] | None,
-                  per_image: dict[int, dict[str, Any]], not_computed: dict[str, str]
-                  ) -> tuple[dict[str, Any], list[str]]:
-    """metrics.json's "subsets" (name -> file, images, metrics, not_computed, chair_counts:
-    `evaluate.subsets.subset_scores` on the subset's captioned images), and a note per
-    subset that lost images without a caption (unreadable in the cache)."""
+                  per_image: dict[int, dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """With `subsets`, add metrics.json's "subsets" (name -> file, images, metrics,
+    not_computed, chair_counts: `evaluate.subsets.subset_scores` on the subset's captioned
+    images), a note per subset that lost images without a caption (unreadable in the cache)
+    and to each `per_image` entry the names of its subsets."""
+    if not subsets:
+        return
     entries: dict[str, Any] = {}
-    notes = []
+    notes, not_computed = metrics["notes"], metrics["not_computed"]
     scores = {i: entry["scores"] for i, entry in per_image.items()}
     for name, ids in subsets.items():
         scored = frozenset(ids & captions.keys())
@@ -201,14 +198,16 @@ def score_subsets(config: Config, subsets: dict[str, frozenset[int]], captions: 
         if len(scored) < len(ids):
             notes.append(f"subset {name}: {len(ids) - len(scored)} of its {len(ids)} images "
                          f"have no caption (unreadable in the cache), scored on {len(scored)}")
-        metrics, counts = subset_scores(scored, captions, references, chair,
-                                        config.eval.chair_vocabulary, scores, config.eval.spice)
+        values, counts = subset_scores(scored, captions, references, chair,
+                                       config.eval.chair_vocabulary, scores, config.eval.spice)
         entries[name] = {"file": config.eval.subsets[name], "images": len(scored),
-                         "metrics": metrics,
+                         "metrics": values,
                          "not_computed": {k: v for k, v in not_computed.items()
-                                          if k not in metrics},
+                                          if k not in values},
                          "chair_counts": counts}
-    return entries, notes
+    metrics["subsets"] = entries
+    for i, entry in per_image.items():
+        entry["subsets"] = memberships(subsets, i)
 
 
 def decoder_state(config: Config) -> dict[str, torch.Tensor]:
@@ -226,7 +225,7 @@ def _clip_scores(config: Config, ids: list[int], captions: dict[int, str],
     with FeatureStore.open(store_spec.output) as store:
         row_of = {int(i): r for r, i in enumerate(store.read("image_ids"))}
         embeds = store.read_rows("image_embed", np.array([row_of[i] for i in ids]))
-    device = resolve_device(config.clip.device)
+    device = resolve_device(config.run.device)
     bundle = create_clip(config.clip.model, config.clip.pretrained, device)
     result = clip_scores(bundle, embeds, [captions[i] for i in ids],
                          [references[i] for i in ids], device)

@@ -29,10 +29,11 @@ from evaluate.chair_vocabulary import vocabulary_for
 from evaluate.coco_metrics import score_captions
 from evaluate.references import reference_captions
 from evaluate.score import score_subsets, split_of, summary_lines
-from evaluate.subsets import load_subsets, memberships
+from evaluate.subsets import load_subsets
 from shared.atomic_files import write_json_atomic
 from shared.config import Config, require_paths
-from shared.manifest import StageSpec, decide, remove_manifest, write_manifest
+from shared.manifest import StageSpec
+from shared.stage_runner import StageResult, StageRun, run_stage
 from shared.stages import SCORE_KEYS, decoder_stage, eval_dir
 
 TRANSFER_KEYS = ["eval.split", *SCORE_KEYS, "eval.subsets"]
@@ -52,74 +53,72 @@ def transfer_stage(config: Config, model: Config, model_dir: Path) -> StageSpec:
 
 
 def score_transfer(config: Config, model_run: str | Path, force: bool = False,
-                   batch_size: int = 32) -> list[str]:
-    """Caption `eval.split` of `config`'s dataset with the run in `model_run` and score it;
-    the lines to print."""
+                   batch_size: int = 32) -> StageResult:
+    """Caption `eval.split` of `config`'s dataset with the run in `model_run` and score it
+    (skipped when up to date); the lines to print include a table."""
     require_paths(config, "data.karpathy_json", "data.image_root", "eval.subsets")
     captioner = Captioner.from_run(model_run)
     spec = transfer_stage(config, captioner.config, captioner.working_dir)
-    decision = decide(spec, config, force=force)
-    if decision.up_to_date:
-        return [f"evaluate transfer: {decision.reason}",
-                *summary_lines(config, json.loads(spec.output.read_text()))]
-    remove_manifest(spec.output)
-    checked = check_annotation_files(config)
-    records = split_of(config)
-    subsets = load_subsets(config, [r.image_id for r in records])
-    by_path = {r.path.resolve(): r for r in records}
-    captions: dict[int, str] = {}
-    unreadable: list[str] = []
-    for result in captioner.iter_captions(list(by_path), batch_size=batch_size):
-        if result.error is not None:
-            unreadable.append(f"{result.source}: {result.error}")
+
+    def build(run: StageRun) -> dict[str, Any]:
+        checked = check_annotation_files(config)
+        records = split_of(config)
+        subsets = load_subsets(config, [r.image_id for r in records])
+        by_path = {r.path.resolve(): r for r in records}
+        captions: dict[int, str] = {}
+        unreadable: list[str] = []
+        for captioned in captioner.iter_captions(list(by_path), batch_size=batch_size):
+            if captioned.error is not None:
+                unreadable.append(f"{captioned.source}: {captioned.error}")
+            else:
+                captions[by_path[Path(captioned.source)].image_id] = captioned.text or ""
+        if not captions:
+            raise RuntimeError(f"no image of split '{config.eval.split}' could be read "
+                               f"(first: {unreadable[0] if unreadable else '-'})")
+        scored = [r for r in records if r.image_id in captions]
+        references = reference_captions(scored, config.data.captions_json)
+        scores = score_captions(captions, references, spice=config.eval.spice)
+        corpus, notes = dict(scores.corpus), list(scores.notes)
+        if unreadable:
+            notes.append(f"{len(unreadable)} images could not be read (first: {unreadable[0]})")
+        not_computed: dict[str, str] = {}
+        if "SPICE" not in corpus:
+            not_computed["SPICE"] = scores.notes[-1] if scores.notes else "SPICE skipped"
+        per_image: dict[int, dict[str, Any]] = {
+            r.image_id: {"image_id": r.image_id, "file": str(r.path),
+                         "caption": captions[r.image_id], "references": references[r.image_id],
+                         "scores": scores.per_image[r.image_id]} for r in scored}
+        chair_images: dict[int, ImageChair] | None = None
+        if config.data.instances_json:
+            vocab = vocabulary_for(checked.categories(), config.eval.chair_vocabulary)
+            truth = ground_truth_objects(checked.instances, references, vocab)
+            chair, chair_images = chair_scores(captions, truth, vocab)
+            corpus.update({name: chair[name] for name in metric_names(vocab.name)})
         else:
-            captions[by_path[Path(result.source)].image_id] = result.text or ""
-    if not captions:
-        raise RuntimeError(f"no image of split '{config.eval.split}' could be read "
-                           f"(first: {unreadable[0] if unreadable else '-'})")
-    scored = [r for r in records if r.image_id in captions]
-    references = reference_captions(scored, config.data.captions_json)
-    scores = score_captions(captions, references, spice=config.eval.spice)
-    corpus, notes = dict(scores.corpus), list(scores.notes)
-    if unreadable:
-        notes.append(f"{len(unreadable)} images could not be read (first: {unreadable[0]})")
-    not_computed: dict[str, str] = {}
-    if "SPICE" not in corpus:
-        not_computed["SPICE"] = scores.notes[-1] if scores.notes else "SPICE skipped"
-    per_image: dict[int, dict[str, Any]] = {
-        r.image_id: {"image_id": r.image_id, "file": str(r.path),
-                     "caption": captions[r.image_id], "references": references[r.image_id],
-                     "scores": scores.per_image[r.image_id]} for r in scored}
-    chair_images: dict[int, ImageChair] | None = None
-    if config.data.instances_json:
-        vocab = vocabulary_for(checked.categories(), config.eval.chair_vocabulary)
-        truth = ground_truth_objects(checked.instances, references, vocab)
-        chair, chair_images = chair_scores(captions, truth, vocab)
-        corpus.update({name: chair[name] for name in metric_names(vocab.name)})
-    else:
-        notes.append("CHAIR not computed: the dataset has no instance annotations "
-                     "(data.instances_json is empty)")
-        for name in metric_names(config.eval.chair_vocabulary):
-            not_computed[name] = "no instance annotations (data.instances_json is empty)"
-    model = captioner.config
-    metrics: dict[str, Any] = {
-        "split": config.eval.split, "images": len(captions), "metrics": corpus,
-        "not_computed": not_computed, "notes": notes,
-        "warnings": degeneracy_warnings(caption_stats(captions)),
-        "caption_stats": caption_stats(captions),
-        "decoding": {"beam_size": model.eval.beam_size, "max_length": model.eval.max_length},
-        "model_run": str(model_run), "model_dataset": model.data.name}
-    if subsets:
-        metrics["subsets"], subset_notes = score_subsets(config, subsets, captions, references,
-                                                         chair_images, per_image, not_computed)
-        notes.extend(subset_notes)
-        for i, entry in per_image.items():
-            entry["subsets"] = memberships(subsets, i)
-    folder = eval_dir(config)
-    write_json_atomic(folder / "captions.json", [{"image_id": i, "caption": captions[i]}
-                                                 for i in sorted(captions)])
-    write_json_atomic(folder / "per_image.json", list(per_image.values()))
-    write_json_atomic(spec.output, metrics)
-    write_manifest(spec, config, {"metrics": corpus, "model_run": str(model_run)})
-    return [f"evaluate transfer: {len(captions)} images of '{config.eval.split}' captioned by "
-            f"{model_run} ({model.data.name})", *summary_lines(config, metrics)]
+            notes.append("CHAIR not computed: the dataset has no instance annotations "
+                         "(data.instances_json is empty)")
+            for name in metric_names(config.eval.chair_vocabulary):
+                not_computed[name] = "no instance annotations (data.instances_json is empty)"
+        model = captioner.config
+        metrics: dict[str, Any] = {
+            "split": config.eval.split, "images": len(captions), "metrics": corpus,
+            "not_computed": not_computed, "notes": notes,
+            "warnings": degeneracy_warnings(caption_stats(captions)),
+            "caption_stats": caption_stats(captions),
+            "decoding": {"beam_size": model.eval.beam_size, "max_length": model.eval.max_length},
+            "model_run": str(model_run), "model_dataset": model.data.name}
+        score_subsets(config, subsets, captions, references, chair_images, per_image, metrics)
+        folder = eval_dir(config)
+        write_json_atomic(folder / "captions.json", [{"image_id": i, "caption": captions[i]}
+                                                     for i in sorted(captions)])
+        write_json_atomic(folder / "per_image.json", list(per_image.values()))
+        write_json_atomic(run.spec.output, metrics)
+        run.say(f"{len(captions)} images of '{config.eval.split}' captioned by {model_run} "
+                f"({model.data.name})")
+        run.lines += summary_lines(config, metrics)
+        return {"metrics": corpus, "model_run": str(model_run)}
+
+    result = run_stage(spec, config, build, force=force)
+    if not result.ran:
+        result.lines += summary_lines(config, json.loads(spec.output.read_text()))
+    return result

@@ -3,6 +3,10 @@
 Each stage holds the lock on its output while it runs (`shared.output_lock`; `clip` and
 `encode` take theirs in `shared.chunked_stage`, shared between `--shard` processes), so a
 second process on the same output stops at once with exit status 2.
+
+`clip` and `encode` scale out with `--shard i/n` (one process per shard, on one Zarr store) or
+under `torchrun --nproc_per_node G -m extract clip|encode ...`, which gives each process its
+shard from RANK / WORLD_SIZE and its GPU from LOCAL_RANK (`shared.chunked_stage`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from extract.concepts import build_concepts
 from extract.fsgr_encode import encode_fsgr
 from extract.fsgr_fit import fit_fsgr
 from extract.vocab_stage import build_vocab
-from shared.chunked_stage import Shard
+from shared.chunked_stage import launcher_shard, resolve_shard
 from shared.cli import ConfigOption, ForceOption, SetOption, load, one_line_errors
 from shared.config import Config
 from shared.manifest import StageSpec
@@ -29,8 +33,9 @@ from shared.stages import concepts_stage, fit_stage, vocab_stage
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Extract cached features: vocabulary, CLIP patch tokens, FSGR features.")
 
-ShardOption = Annotated[str, typer.Option(
-    "--shard", help="Fill only shard i of n (i/n, 0-based); run n processes to fill one store.")]
+ShardOption = Annotated[str | None, typer.Option(
+    "--shard", help="Fill only shard i of n (i/n, 0-based); run n processes to fill one store. "
+                    "Under torchrun the shard is RANK/WORLD_SIZE (no --shard needed).")]
 FAILED_IMAGES_EXIT = 3
 
 
@@ -58,7 +63,7 @@ def vocab(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fal
 @app.command()
 @one_line_errors
 def clip(config: ConfigOption, set_: SetOption = None, force: ForceOption = False,
-         shard: ShardOption = "0/1") -> None:
+         shard: ShardOption = None) -> None:
     """Run CLIP once over every image into features/clip.{zarr,h5}.
 
     Exit status 3 when the run completed but some images could not be read, no more than
@@ -66,9 +71,12 @@ def clip(config: ConfigOption, set_: SetOption = None, force: ForceOption = Fals
     finds the store complete exits 0. More failures: exit status 2, the store is not marked
     complete, and the next run retries only the failed images.
     """
-    result = extract_clip(load(config, set_), force=force, shard=Shard.parse(shard))
+    launched = launcher_shard()
+    result = extract_clip(load(config, set_), force=force, shard=resolve_shard(shard))
     _echo(result)
-    if result.ran and result.summary["failed"]:
+    # under torchrun a non-zero exit ends the other ranks: only the rank that completed the
+    # store reports unreadable images by its exit status
+    if result.ran and result.summary["failed"] and (launched is None or result.complete):
         raise typer.Exit(FAILED_IMAGES_EXIT)
 
 
@@ -88,9 +96,10 @@ def fit(config: ConfigOption, set_: SetOption = None, force: ForceOption = False
 
 @app.command()
 @one_line_errors
-def encode(config: ConfigOption, set_: SetOption = None, force: ForceOption = False) -> None:
+def encode(config: ConfigOption, set_: SetOption = None, force: ForceOption = False,
+           shard: ShardOption = None) -> None:
     """Run the fitted FSGR modules over every image into features/fsgr.{zarr,h5}."""
-    _echo(encode_fsgr(load(config, set_), force=force))
+    _echo(encode_fsgr(load(config, set_), force=force, shard=resolve_shard(shard)))
 
 
 @app.command("all")
@@ -102,6 +111,10 @@ def run_all(config: ConfigOption, set_: SetOption = None, force: ForceOption = F
     when more images could not be read than `clip.max_failed_fraction` allows; the error
     names the failure list.
     """
+    launched = launcher_shard()
+    if launched is not None and launched.count > 1:
+        raise ValueError("extract all does not run under torchrun: launch `extract clip` and "
+                         "`extract encode` with torchrun, the other steps as one process")
     cfg = load(config, set_)
     require_tensorboard(cfg.train.tensorboard)  # fit logs to it: fail before the CLIP cache
     _locked(vocab_stage, build_vocab, cfg, force)

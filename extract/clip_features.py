@@ -6,8 +6,12 @@ Writes per row (one image): `patch_tokens` [P, W] (after ln_post, without CLS), 
 store attributes also record the model's `logit_scale.exp()` (FSGR's patch-concept scale).
 `clip.patch_attention = "csa"` takes the patch tokens from the last block's correlative
 self-attention (SCLIP; `shared.clip_model.encode_images`); `image_embed` stays the standard one.
-Images are decoded in DataLoader workers; chunks are written by a background thread while the
-next batch runs; each chunk is committed atomically, so a killed run resumes where it stopped.
+Images are decoded in DataLoader workers (`clip.decode = "cpu"`), or, with `clip.decode = "gpu"`,
+the workers read JPEG bytes and each batch is decoded, resized and normalised on the GPU
+(`shared.gpu_decode`; other files and JPEGs the GPU cannot decode take the CPU path). A batch's
+outputs are copied back once the next batch is queued, and chunks are written by a background
+thread while the next batch runs; each chunk is committed atomically, so a killed run resumes
+where it stopped. Under `torchrun` each process fills its shard (`shared.chunked_stage`).
 A missing or empty `data.image_root` stops the run before any work. Unreadable images are
 listed in `<store>.failures.jsonl`; beyond `clip.max_failed_fraction` of them the store is not
 marked complete and the next run re-computes only those rows (`shared.chunked_stage`).
@@ -27,36 +31,54 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from shared.chunked_stage import (ChunkedOutput, ChunkWork, FailureLimit, Shard, failures_path,
-                                  run_chunked)
+                                  rank_device, run_chunked)
 from shared.clip_model import ClipBundle, create_clip, encode_images
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import ArraySpec
+from shared.gpu_decode import TensorPreprocess, assemble, collate_mixed, jpeg_bytes
 from shared.images import ImageError, load_rgb
 from shared.karpathy import ImageRecord, load_karpathy
 from shared.stage_runner import StageResult
 from shared.stages import clip_stage
 
 
-class ImageFiles(Dataset):
-    """Rows -> (row, preprocessed image tensor, failure reason or '')."""
+def load_preprocessed(path: str | Path, preprocess: Any, image_size: int
+                      ) -> tuple[torch.Tensor, str]:
+    """The CPU path: the image decoded by PIL and preprocessed by open_clip's transform, with
+    '' as reason; zeros and the reason when it cannot be read."""
+    try:
+        image = load_rgb(path, target_size=image_size)
+        return preprocess(image), ""
+    except ImageError as err:
+        reason = str(err)
+    except Exception as err:  # one bad file must not end a long run: record it instead
+        reason = f"{type(err).__name__}: {err}"
+    return torch.zeros(3, image_size, image_size), reason
 
-    def __init__(self, records: list[ImageRecord], preprocess: Any, image_size: int) -> None:
+
+class ImageFiles(Dataset):
+    """Rows -> (row, preprocessed image tensor, failure reason or '').
+
+    With `jpeg_bytes_out` (`clip.decode = "gpu"`) a JPEG the GPU path takes comes back as its
+    bytes (a 1-D uint8 tensor) instead, to be decoded in batches on the GPU
+    (`shared.gpu_decode`); other files still go through the CPU path here."""
+
+    def __init__(self, records: list[ImageRecord], preprocess: Any, image_size: int,
+                 jpeg_bytes_out: bool = False) -> None:
         self.records, self.preprocess, self.image_size = records, preprocess, image_size
+        self.jpeg_bytes_out = jpeg_bytes_out
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, row: int) -> tuple[int, torch.Tensor, str]:
-        record = self.records[row]
-        try:
-            image = load_rgb(record.path, target_size=self.image_size)
-            return row, self.preprocess(image), ""
-        except ImageError as err:
-            reason = str(err)
-        except Exception as err:  # one bad file must not end a long run: record it instead
-            reason = f"{type(err).__name__}: {err}"
-        return row, torch.zeros(3, self.image_size, self.image_size), reason
+        path = self.records[row].path
+        if self.jpeg_bytes_out:
+            data = jpeg_bytes(path)
+            if data is not None:
+                return row, data, ""
+        return (row, *load_preprocessed(path, self.preprocess, self.image_size))
 
 
 def pack_batches(groups: Iterable[list[int]], batch_size: int) -> Iterator[list[int]]:
@@ -125,6 +147,7 @@ def store_attrs(bundle: ClipBundle, config: Config) -> dict[str, Any]:
             "grid": list(bundle.grid_size), "n_patches": bundle.n_patches,
             "width": bundle.width, "embed_dim": bundle.embed_dim,
             "image_size": bundle.image_size, "patch_attention": bundle.patch_attention,
+            "decode": config.clip.decode,
             "logit_scale": float(bundle.model.logit_scale.detach().float().exp())}
 
 
@@ -224,6 +247,10 @@ def extract_clip(config: Config, *, force: bool = False, shard: Shard = Shard(),
                        force=force, shard=shard)
 
 
+GPU_DECODE_DEVICES = ("cuda",)
+"""Device types `clip.decode = "gpu"` runs on (the tests add "cpu": the same code on the CPU)."""
+
+
 def _run(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
     """The work of `extract_clip` once it is known there is some; returns the summary."""
     config, run, store = output.config, output.run, output.spec.output
@@ -231,9 +258,14 @@ def _run(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
         raise ValueError("--shard needs store.format = 'zarr' (HDF5 files take one writer)")
     check_image_root(config.data.image_root)
     records = load_karpathy(config.data.karpathy_json, config.data.image_root)
-    device = resolve_device(config.clip.device)
+    device = rank_device(resolve_device(config.run.device))
+    gpu_decode = config.clip.decode == "gpu"
+    if gpu_decode and device.type not in GPU_DECODE_DEVICES:
+        raise ValueError(f"clip.decode = 'gpu' needs a CUDA device (run.device gives "
+                         f"{device.type}); use clip.decode = 'cpu'")
     bundle = create_clip(config.clip.model, config.clip.pretrained, device=device,
                          patch_attention=config.clip.patch_attention)
+    spec = TensorPreprocess.from_transform(bundle.preprocess) if gpu_decode else None
     visual_proj = bundle.model.visual.proj
     proj = (visual_proj.detach().float().cpu().numpy() if visual_proj is not None
             else np.eye(bundle.width, bundle.embed_dim, dtype=np.float32))
@@ -241,25 +273,53 @@ def _run(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
                         store_attrs(bundle, config), whole={"visual_proj": proj}))
     pending = output.pending()
     sampler = ClaimedBatches(output, [w.chunk for w in pending], config.clip.batch_size)
-    dataset = ImageFiles(records, bundle.preprocess, bundle.image_size)
+    dataset = ImageFiles(records, bundle.preprocess, bundle.image_size, jpeg_bytes_out=gpu_decode)
     workers = config.clip.num_workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                        collate_fn=collate_mixed if gpu_decode else None,
                         pin_memory=device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None)
+
+    def images_of(batch: Any) -> tuple[list[int], torch.Tensor, list[str]]:
+        if spec is None:
+            rows, images, reasons = batch
+            return rows.tolist(), images.to(device, non_blocking=True), list(reasons)
+        images, reasons = assemble(batch, spec, device, lambda row: load_preprocessed(
+            records[row].path, bundle.preprocess, bundle.image_size))
+        return batch.rows, images, reasons
+
     assembler = _ChunkAssembler(output, records, config.store.dtype, sampler.claimed)
-    n_done = 0
+    n_done, waited = 0, 0.0
     started = time.perf_counter()
+    previous: tuple[list[int], torch.Tensor, torch.Tensor, list[str]] | None = None
+
+    def hand_over(done: tuple[list[int], torch.Tensor, torch.Tensor, list[str]]) -> None:
+        """A batch's outputs to the store writer (called once the next batch is queued on
+        the device, so copying them back overlaps its compute)."""
+        rows, pooled, tokens, reasons = done
+        assembler.add(rows, pooled.float().cpu().numpy(), tokens.float().cpu().numpy(),
+                      reasons)
+
     try:
         with tqdm(total=sum(len(w.rows) for w in pending), unit="img", desc="extract clip",
                   disable=not progress) as bar:
-            for rows, images, reasons in loader:
-                rows, images = rows.tolist(), images.to(device, non_blocking=True)
+            batches = iter(loader)
+            while True:
+                wait_start = time.perf_counter()
+                batch = next(batches, None)
+                waited += time.perf_counter() - wait_start
+                if batch is None:
+                    break
+                rows, images, reasons = images_of(batch)
                 with torch.no_grad(), autocast(device, config.clip.precision):
                     pooled, tokens = encode_images(bundle, images)
-                assembler.add(rows, pooled.float().cpu().numpy(), tokens.float().cpu().numpy(),
-                              list(reasons))
+                if previous is not None:
+                    hand_over(previous)
+                previous = (rows, pooled, tokens, reasons)
                 n_done += len(rows)
                 bar.update(len(rows))
+            if previous is not None:
+                hand_over(previous)
     finally:
         assembler.close()
     seconds = time.perf_counter() - started
@@ -268,12 +328,15 @@ def _run(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
     failed = assembler.failed if failed is None else failed
     run.say(f"{n_done} images in {seconds:.1f}s ({n_done / max(seconds, 1e-9):.1f} img/s"
             + (f", {assembler.retried} retried" if assembler.retried else "")
-            + f"), {failed} failed" + ("" if run.complete else "; other shards still running"))
+            + f", {config.clip.decode} decode, {100 * waited / max(seconds, 1e-9):.0f}% waiting "
+            f"for input), {failed} failed"
+            + ("" if run.complete else "; other shards still running"))
     if run.complete and failed:
         run.lines.append(f"warning: extract clip: {failed} of {len(records)} images could not "
                          f"be read (within {limit.key} = {limit.fraction:g}); they are kept as "
                          f"valid = 0 and listed in {failures_path(store)}")
     return {"images": len(records), "model": bundle.name, "weights": bundle.weights,
             "grid": list(bundle.grid_size), "patch_attention": bundle.patch_attention,
-            "failed": failed, "processed": n_done, "retried": assembler.retried,
-            "seconds": round(seconds, 3)}
+            "decode": config.clip.decode, "failed": failed, "processed": n_done,
+            "retried": assembler.retried, "seconds": round(seconds, 3),
+            "input_wait_seconds": round(waited, 3)}

@@ -80,7 +80,7 @@ def concept_words(config: Config) -> list[str]:
 @torch.no_grad()
 def encode_concepts(config: Config, words: list[str], batch_size: int = 256) -> np.ndarray:
     """Normalised CLIP text embeddings of `prompt_template.format(word)` for every word."""
-    device = resolve_device(config.clip.device)
+    device = resolve_device(config.run.device)
     bundle = create_clip(config.clip.model, config.clip.pretrained, device=device)
     prompts = [config.fsgr.prompt_template.format(w) for w in words]
     out = []

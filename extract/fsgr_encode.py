@@ -2,7 +2,8 @@
 
 Writes `features/fsgr.{zarr|h5}`: `features` V~ [N, P, d_model] (float16), `codebook_index`
 [N, P] (index into the concept vocabulary), `topk_ids` [N, k], `image_ids`, `valid`. Chunks
-line up with the CLIP cache's; resumable and manifest-checked like `extract clip`.
+line up with the CLIP cache's; resumable, shardable (`--shard i/n` or torchrun: each process
+encodes its shard's chunks on its own GPU) and manifest-checked like `extract clip`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from shared.models.factory import FsgrMeta, load_fsgr
-from shared.chunked_stage import ChunkedOutput, run_chunked
+from shared.chunked_stage import ChunkedOutput, Shard, rank_device, run_chunked
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import ArraySpec, FeatureStore
@@ -55,21 +56,25 @@ def _encode_chunk(encoder: torch.nn.Module, data: dict[str, np.ndarray], meta: F
             "image_ids": data["image_ids"], "valid": data["valid"]}
 
 
-def encode_fsgr(config: Config, force: bool = False, progress: bool = True) -> StageResult:
-    """Fill (or resume, or skip) the FSGR feature store.
+def encode_fsgr(config: Config, force: bool = False, progress: bool = True,
+                shard: Shard = Shard()) -> StageResult:
+    """Fill (or resume, or skip) the FSGR feature store, or `shard`'s chunks of it (the last
+    shard to finish writes the manifest).
 
-    Raises `OutputBusy` when another process is writing the store.
+    Raises `OutputBusy` when another process is writing the store (other shards excepted).
     """
     require_current(clip_stage(config), config)
     require_current(fit_stage(config), config)
     return run_chunked(encode_stage(config), config, lambda output: _encode(output, progress),
-                       force=force)
+                       force=force, shard=shard)
 
 
 def _encode(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
     """The work of `encode_fsgr` once it is known there is some; returns the summary."""
     config, run, clip_path = output.config, output.run, clip_stage(output.config).output
-    device = resolve_device(config.clip.device)
+    if output.shard.count > 1 and config.store.format != "zarr":
+        raise ValueError("--shard needs store.format = 'zarr' (HDF5 files take one writer)")
+    device = rank_device(resolve_device(config.run.device))
     encoder, meta = load_fsgr(config, device)
     concepts = read_manifest(concepts_stage(config).output) or {}
     with FeatureStore.open(clip_path) as clip_store:
@@ -117,5 +122,5 @@ def _encode(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     failed = output.finish()
     run.say(f"{done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} img/s)"
-            + ("" if run.complete else "; incomplete"))
+            + ("" if run.complete else "; incomplete (other shards still running?)"))
     return {"images": n_rows, "grid": list(meta.grid), "top_k": k, "failed": failed}

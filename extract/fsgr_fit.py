@@ -43,14 +43,14 @@ from shared.models.factory import FsgrMeta, build_encoder, decoder_dims
 from shared.models.fsgr import FsgrEncoder, usage_summary
 from shared.run_log import RunLog, require_tensorboard
 from shared.stage_runner import StageResult, StageRun, run_stage
-from shared.stages import clip_stage, concepts_stage, fit_stage, fsgr_dir, vocab_stage
+from shared.stages import (clip_stage, codebook_usage_path, concepts_stage, fit_stage, fsgr_dir,
+                           vocab_stage)
 from shared.training_loop import LoopSettings, TrainingLoop
 from shared.training_schedule import RunWarnings, lr_factor, warmup_warning
 from shared.validation import validation_scores
 from shared.vocabulary import Vocabulary
 
 CLIP_ARRAYS = ["patch_tokens", "image_embed"]
-USAGE_FILE = "codebook_usage.json"
 
 
 def clip_logit_scale(attrs: dict) -> float:
@@ -196,7 +196,7 @@ def fit_fsgr(config: Config, force: bool = False, progress: bool = True) -> Stag
 def _fit(run: StageRun, force: bool, progress: bool) -> dict[str, Any]:
     config, spec = run.config, run.spec
     torch.manual_seed(config.fsgr.seed)
-    device = resolve_device(config.clip.device)
+    device = resolve_device(config.run.device)
     out_dir = fsgr_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     store_path = clip_stage(config).output
@@ -217,7 +217,7 @@ def _fit(run: StageRun, force: bool, progress: bool) -> dict[str, Any]:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.fsgr.lr, betas=(0.9, 0.98))
     objective = FsgrFit(config, model, store_path, store_ids, valid, vocab, n_concepts, device)
 
-    usage_path = out_dir / USAGE_FILE
+    usage_path = codebook_usage_path(config)
     usage_path.unlink(missing_ok=True)  # written again with fsgr.pt
     run.say(f"patch-concept logit scale {scale:.2f} (CLIP's, "
             + ("learnable)" if config.fsgr.learn_logit_scale else "frozen)"))

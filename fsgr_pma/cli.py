@@ -15,7 +15,7 @@ from train.__main__ import main as train_main
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="FSGR + PMA captioning: prepare data, extract features, cluster "
                        "prototypes, train, evaluate. `--config` takes a path or a shipped "
-                       "config's name (demo, coco, flickr30k).")
+                       "config's name (demo, coco, flickr30k, vg, nocaps).")
 app.add_typer(data_app, name="data")
 app.add_typer(extract_app, name="extract")
 app.add_typer(cluster_app, name="cluster")

@@ -9,7 +9,9 @@ shard is committed (until then the run is not `complete`: no manifest).
 Writers: a whole-store run holds `<store>.lock` exclusively (`shared.output_lock`); the shards
 of `--shard i/n` hold it together (shared) and claim each chunk with a non-blocking flock on
 `<store>.progress/claim-<chunk>.lock` before computing it, so two processes never compute the
-same chunk and a killed one (whose flocks the kernel drops) never blocks a resume.
+same chunk and a killed one (whose flocks the kernel drops) never blocks a resume. Under
+`torchrun` (`launcher_shard`) each process takes shard RANK of WORLD_SIZE and, on CUDA, the GPU
+LOCAL_RANK (`rank_device`); no process group is needed, the files coordinate the shards.
 
 Failed inputs: each chunk's commit record lists the rows that failed. A later run re-computes
 exactly those rows of committed chunks (and nothing else) and re-commits the chunk. When every
@@ -20,6 +22,7 @@ the next run is not "up to date" and retries them); within it the manifest is wr
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from shared.config import Config
 from shared.feature_store import ArraySpec, CommitLog, FeatureStore, remove_store, store_lock
@@ -54,6 +58,45 @@ class Shard:
 
     def owns(self, chunk: int) -> bool:
         return chunk % self.count == self.index
+
+
+def launcher_shard(environ: dict[str, str] | None = None) -> Shard | None:
+    """This process's shard under `torchrun` (RANK of WORLD_SIZE); None outside it."""
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env:
+        return None
+    try:
+        rank, world = int(env.get("RANK", "")), int(env["WORLD_SIZE"])
+    except ValueError:
+        raise ValueError(f"torchrun environment: RANK={env.get('RANK')!r} / "
+                         f"WORLD_SIZE={env['WORLD_SIZE']!r} are not integers") from None
+    if not 0 <= rank < world:
+        raise ValueError(f"torchrun environment: RANK={rank} is not below WORLD_SIZE={world}")
+    return Shard(rank, world)
+
+
+def resolve_shard(option: str | None, environ: dict[str, str] | None = None) -> Shard:
+    """The shard of this process: `--shard i/n` (`option`), or torchrun's RANK / WORLD_SIZE;
+    given both, they must agree."""
+    launched = launcher_shard(environ)
+    given = Shard.parse(option) if option is not None else None
+    if given is not None and launched is not None and given != launched:
+        raise ValueError(f"--shard {option} disagrees with torchrun's RANK={launched.index} "
+                         f"WORLD_SIZE={launched.count}: leave --shard out under torchrun")
+    return given or launched or Shard()
+
+
+def rank_device(device: torch.device, environ: dict[str, str] | None = None) -> torch.device:
+    """`device`, or on CUDA under torchrun the GPU of this process's LOCAL_RANK (made current)."""
+    env = os.environ if environ is None else environ
+    if device.type != "cuda" or device.index is not None or "LOCAL_RANK" not in env:
+        return device
+    local = int(env["LOCAL_RANK"])
+    if local >= torch.cuda.device_count():
+        raise RuntimeError(f"torchrun LOCAL_RANK={local} but only {torch.cuda.device_count()} "
+                           "CUDA GPUs are visible (--nproc_per_node at most the GPUs per node)")
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
 
 
 def failures_path(store_file: Path) -> Path:

@@ -21,11 +21,16 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
     """A config file or override that does not match the schema; the message names the key."""
+
+
+# A `Literal[...]` field accepts exactly its choices (checked on reading and by `validate`).
+Device = Literal["auto", "cpu", "cuda"]        # auto: CUDA when visible, else the CPU
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on the CPU
 
 
 @dataclass
@@ -33,10 +38,10 @@ class DataConfig:
     """Where a dataset lives on disk (Karpathy json + images + COCO-format annotations)."""
 
     name: str = "demo"           # the run's name: outputs go to <run_root>/<name>/
-    kind: str = "karpathy"       # what `shared.datasets prepare` does: "demo" (generate),
-                                 # "coco" (download), "flickr30k" (check / print the steps),
-                                 # "vg" / "nocaps" (convert their own files),
-                                 # "karpathy" (a Karpathy-format json already on disk: check)
+    # what `shared.datasets prepare` does: "demo" (generate), "coco" (download), "flickr30k"
+    # (check / print the steps), "vg" / "nocaps" (convert their own files), "karpathy" (a
+    # Karpathy-format json already on disk: check)
+    kind: Literal["demo", "coco", "flickr30k", "vg", "nocaps", "karpathy"] = "karpathy"
     karpathy_json: str = "data/demo/dataset_demo.json"   # defaults: where the demo is written
     image_root: str = "data/demo/images"
     captions_json: list[str] = field(default_factory=list)
@@ -74,7 +79,7 @@ class VgConfig:
     """Visual Genome conversion (`data.kind = "vg"`, shared/datasets/visual_genome.py)."""
 
     root: str = "data/vg"                 # image_data.json, objects.json, ..., VG_100K{,_2}/
-    caption_source: str = "paragraphs"    # "paragraphs" (Krause et al. 2017) or "regions"
+    caption_source: Literal["paragraphs", "regions"] = "paragraphs"  # Krause et al. 2017
     regions_per_image: int = 5            # regions: the N largest distinct region phrases
     n_val: int = 5000                     # regions: images drawn (vg.seed) for val / test
     n_test: int = 5000
@@ -87,6 +92,13 @@ class VgConfig:
 
 
 @dataclass
+class RunConfig:
+    """Where every stage computes: CLIP extraction, FSGR, training, evaluation."""
+
+    device: Device = "auto"
+
+
+@dataclass
 class ClipConfig:
     """The frozen CLIP run once over every image (`extract clip`)."""
 
@@ -94,11 +106,13 @@ class ClipConfig:
     pretrained: str = "openai"
     batch_size: int = 64
     num_workers: int = 8
-    device: str = "auto"
-    precision: str = "auto"
+    precision: Precision = "auto"
     # "csa": the last block's patch tokens from SCLIP's correlative self-attention (same
     # frozen weights; the pooled embedding stays standard); see shared/clip_model.py
-    patch_attention: str = "standard"
+    patch_attention: Literal["standard", "csa"] = "standard"
+    # "gpu": JPEGs decoded + preprocessed in batches on the GPU (shared/gpu_decode.py; other
+    # files on the CPU); part of the store identity, as its pixels differ from the CPU path's
+    decode: Literal["cpu", "gpu"] = "cpu"
     max_failed_fraction: float = 0.001  # share of unreadable images a complete store may have
 
 
@@ -106,9 +120,9 @@ class ClipConfig:
 class StoreConfig:
     """On-disk layout of feature caches."""
 
-    format: str = "zarr"
+    format: Literal["zarr", "hdf5"] = "zarr"
     rows_per_chunk: int = 64
-    dtype: str = "float16"
+    dtype: Literal["float16", "float32"] = "float16"
 
 
 @dataclass
@@ -128,8 +142,9 @@ class FsgrConfig:
     contrastive_weight: float = 0.25
     concept_min_count: int = 5
     concept_list: str = ""
-    concept_source: str = "captions"  # "captions": training captions' content words; "vg":
-                                      # Visual Genome's frequent object / attribute names
+    # "captions": training captions' content words; "vg": Visual Genome's frequent object /
+    # attribute names
+    concept_source: Literal["captions", "vg"] = "captions"
     prompt_template: str = "a photo of a {}"
     epochs: int = 10
     batch_size: int = 50
@@ -145,7 +160,7 @@ class FsgrConfig:
 class DecoderConfig:
     """Caption decoder (shared by `train` and `evaluate`)."""
 
-    visual_input: str = "fsgr"
+    visual_input: Literal["fsgr", "clip"] = "fsgr"
     d_model: int = 512
     n_heads: int = 8
     n_enc_layers: int = 0
@@ -180,7 +195,7 @@ class ClusterConfig:
     seed: int = 0
     n_iter: int = 20
     max_points: int = 500_000
-    device: str = "auto"
+    device: Device = "auto"      # FAISS K-Means / k-NN (cuda: its GPU index)
 
 
 @dataclass
@@ -198,8 +213,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     shuffle_buffer: int = 2048
-    precision: str = "auto"
+    precision: Precision = "auto"
     tensorboard: bool = False   # log records also as TensorBoard scalars (extra `tensorboard`)
+    compile: bool = False       # decoder forward under torch.compile (where supported)
 
 
 @dataclass
@@ -208,11 +224,13 @@ class ScstConfig:
 
     enabled: bool = True             # `python -m train` runs SCST after cross-entropy
     init_checkpoint: str = ""        # start from this XE checkpoint instead of train/best.pt
-    candidates: str = "beam"         # "beam": top-n beams (M2); "sample": n multinomial samples
+    # "beam": top-n beams (M2); "sample": n multinomial samples
+    candidates: Literal["beam", "sample"] = "beam"
     n_samples: int = 5
-    baseline: str = "mean"           # "mean" of all n candidates (M2), "mean_others", "greedy"
-    loss_normalization: str = "max_length"  # summed log-prob / eval.max_length (M2), "tokens",
-                                            # "candidate"; see train.scst.scst_loss
+    # "mean" of all n candidates (M2), "mean_others", "greedy"
+    baseline: Literal["mean", "mean_others", "greedy"] = "mean"
+    # summed log-prob / eval.max_length (M2), "tokens", "candidate"; see train.scst_objective
+    loss_normalization: Literal["max_length", "tokens", "candidate"] = "max_length"
     lr: float = 1e-5
     decay_every: int = 0             # epochs between lr decays (0: constant lr)
     decay_factor: float = 0.8
@@ -225,13 +243,14 @@ class ScstConfig:
 class EvalConfig:
     """Decoding and scoring."""
 
-    split: str = "test"
+    split: Literal["train", "val", "test"] = "test"
     beam_size: int = 5
     max_length: int = 20
     batch_size: int = 50
     spice: bool = True
     clipscore: bool = False
-    chair_vocabulary: str = "original"   # "original": Rohrbach et al.'s CHAIR; "extended": ours
+    # "original": Rohrbach et al.'s CHAIR; "extended": ours
+    chair_vocabulary: Literal["original", "extended"] = "original"
     subsets: dict[str, str] = field(default_factory=dict)  # name -> file of image ids of the
                                                            # split, scored alone too
 
@@ -242,6 +261,7 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     vg: VgConfig = field(default_factory=VgConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -271,7 +291,8 @@ class Config:
         return getattr(obj, key)
 
     def select(self, keys: list[str]) -> dict[str, Any]:
-        """The values of the named sections / keys, flattened to `section.key` entries."""
+        """The values of the named sections / keys, flattened to `section.key` entries (what a
+        stage's identity holds: no `LOGGING_KEYS`, no `ADDED_KEYS` at their default)."""
         out: dict[str, Any] = {}
         for dotted in keys:
             val = self.value(dotted)
@@ -280,7 +301,8 @@ class Config:
             else:
                 out.update({f"{dotted}.{k}": v for k, v in val.items()
                             if f"{dotted}.{k}" not in LOGGING_KEYS})
-        return out
+        return {k: v for k, v in out.items()
+                if not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -309,6 +331,12 @@ def _fields(cls: type) -> dict[str, Any]:
 def _check_type(dotted: str, value: Any, expected: Any) -> Any:
     """Return `value` converted to `expected`, or raise ConfigError naming the key."""
     origin = typing.get_origin(expected)
+    if origin is Literal:
+        value = _check_type(dotted, value, str)
+        if value not in typing.get_args(expected):
+            raise ConfigError(f"config key '{dotted}' must be one of "
+                              f"{', '.join(typing.get_args(expected))}, got {value!r}")
+        return value
     if origin is dict:
         return _check_table(dotted, value, expected)
     if origin is list:
@@ -355,6 +383,9 @@ def _apply(config: Config, section: str, key: str, value: Any, origin: str) -> N
         raise ConfigError(f"{origin}: unknown config section '{section}' "
                           f"(known: {', '.join(sections)})")
     fields = _fields(sections[section])
+    if f"{section}.{key}" in MOVED:
+        raise ConfigError(f"{origin}: config key '{section}.{key}' is now "
+                          f"'{MOVED[section + '.' + key]}'")
     if key not in fields:
         raise ConfigError(f"{origin}: unknown config key '{section}.{key}' "
                           f"(known in [{section}]: {', '.join(fields)})")
@@ -536,10 +567,12 @@ def _template() -> Rule:
     return Rule('a string with one {} where the word goes (e.g. "a photo of a {}")', _is_template)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Keys that change how a run is logged, not what it computes: left out of stage identities.
 LOGGING_KEYS = frozenset({"train.tensorboard"})
-DEVICES = ("auto", "cpu", "cuda")
+# Keys added after outputs were built: at these values (what those outputs were built with)
+# they are left out of stage identities, so finished stages stay up to date.
+ADDED_KEYS: dict[str, Any] = {"clip.decode": "cpu", "fsgr.concept_source": "captions",
+                              "train.compile": False}
 BIG = 10**9          # cap of counts that scale memory or time linearly (points, steps, keys)
 BATCH = 100_000      # cap of batch sizes
 EPOCHS = 100_000
@@ -548,7 +581,6 @@ LAYERS = 256
 
 RULES: dict[str, Rule] = {
     "data.name": _folder_name(),
-    "data.kind": _one_of("demo", "coco", "flickr30k", "vg", "nocaps", "karpathy"),
     "data.karpathy_json": _path("file"),
     "data.image_root": _path("dir"),
     "data.captions_json": _paths("file"),
@@ -574,7 +606,6 @@ RULES: dict[str, Rule] = {
     "demo.counter_prior_fraction": _non_negative(1.0),
     "demo.synonym_rate": _non_negative(1.0),
     "vg.root": _path(),
-    "vg.caption_source": _one_of("paragraphs", "regions"),
     "vg.regions_per_image": _integer(1, 1000),
     "vg.n_val": _integer(0, 1_000_000),
     "vg.n_test": _integer(0, 1_000_000),
@@ -589,13 +620,8 @@ RULES: dict[str, Rule] = {
                             'local checkpoint file, or "random" (random weights)', _is_path),
     "clip.batch_size": _integer(1, BATCH),
     "clip.num_workers": _integer(0, 1024),
-    "clip.device": _one_of(*DEVICES),
-    "clip.precision": _one_of(*PRECISIONS),
-    "clip.patch_attention": _one_of("standard", "csa"),
     "clip.max_failed_fraction": _non_negative(1.0),
-    "store.format": _one_of("zarr", "hdf5"),
     "store.rows_per_chunk": _integer(1, 1_000_000),
-    "store.dtype": _one_of("float16", "float32"),
     "fsgr.d_model": _integer(1, WIDTH),
     "fsgr.n_layers": _integer(1, LAYERS),
     "fsgr.n_heads": _integer(1, 1024),
@@ -608,7 +634,6 @@ RULES: dict[str, Rule] = {
     "fsgr.contrastive_weight": _non_negative(1000.0),
     "fsgr.concept_min_count": _integer(1, BIG),
     "fsgr.concept_list": _path("file", optional=True),
-    "fsgr.concept_source": _one_of("captions", "vg"),
     "fsgr.prompt_template": _template(),
     "fsgr.epochs": _integer(1, EPOCHS),
     "fsgr.batch_size": _integer(1, BATCH),
@@ -617,7 +642,6 @@ RULES: dict[str, Rule] = {
     "fsgr.max_anchors": _integer(1, 10_000_000),
     "fsgr.captions_per_image": _integer(1, 1000),
     "fsgr.seed": _seed(),
-    "decoder.visual_input": _one_of("fsgr", "clip"),
     "decoder.d_model": _integer(1, WIDTH),
     "decoder.n_heads": _integer(1, 1024),
     "decoder.n_enc_layers": _integer(0, LAYERS),
@@ -638,7 +662,6 @@ RULES: dict[str, Rule] = {
     "cluster.seed": _seed(),
     "cluster.n_iter": _integer(1, 100_000),
     "cluster.max_points": _integer(1, BIG),
-    "cluster.device": _one_of(*DEVICES),
     "train.experiment": _folder_name(optional=True),
     "train.batch_size": _integer(1, BATCH),
     "train.lr": _positive(1.0),
@@ -650,30 +673,32 @@ RULES: dict[str, Rule] = {
     "train.grad_clip": _positive(),
     "train.seed": _seed(),
     "train.shuffle_buffer": _integer(0, 100_000_000),
-    "train.precision": _one_of(*PRECISIONS),
     "train.tensorboard": _flag(),
+    "train.compile": _flag(),
     "scst.enabled": _flag(),
     "scst.init_checkpoint": _path("file", optional=True),
-    "scst.candidates": _one_of("sample", "beam"),
     "scst.n_samples": _integer(1, 100),
-    "scst.baseline": _one_of("mean", "mean_others", "greedy"),
-    "scst.loss_normalization": _one_of("max_length", "tokens", "candidate"),
     "scst.lr": _positive(1.0),
     "scst.decay_every": _integer(0, EPOCHS),
     "scst.decay_factor": _decay(),
     "scst.max_epochs": _integer(0, EPOCHS),
     "scst.patience": _integer(1, EPOCHS),
     "scst.batch_size": _integer(1, BATCH),
-    "eval.split": _one_of("train", "val", "test"),
     "eval.beam_size": _integer(1, 100),
     "eval.max_length": _integer(1, 1000),
     "eval.batch_size": _integer(1, BATCH),
     "eval.spice": _flag(),
     "eval.clipscore": _flag(),
-    "eval.chair_vocabulary": _one_of("original", "extended"),
     "eval.subsets": _named_paths("file"),
 }
-"""The rule of every config key (`load_config` fails on a key without one)."""
+RULES.update({f"{section}.{key}": _one_of(*typing.get_args(kind))
+              for section, cls in _sections().items() for key, kind in _fields(cls).items()
+              if typing.get_origin(kind) is Literal})
+"""The rule of every config key (`load_config` fails on a key without one); a `Literal`
+field's rule is its choices."""
+
+MOVED = {"clip.device": "run.device"}
+"""Keys that moved: reading the old name is an error naming the new one."""
 
 
 @dataclass(frozen=True)

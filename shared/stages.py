@@ -16,9 +16,11 @@ from shared.config import Config
 from shared.feature_store import store_path
 from shared.manifest import StageSpec
 
+# clip.decode: "gpu" gives other pixels for large JPEGs (no reduced-scale DCT decode,
+# `shared.gpu_decode`), so another store
 CLIP_KEYS = ["data.karpathy_json", "data.image_root", "clip.model", "clip.pretrained",
-             "clip.precision", "clip.patch_attention", "store.format", "store.rows_per_chunk",
-             "store.dtype"]
+             "clip.precision", "clip.patch_attention", "clip.decode", "store.format",
+             "store.rows_per_chunk", "store.dtype"]
 VOCAB_KEYS = ["data.karpathy_json", "data.min_word_count"]
 CONCEPT_KEYS = ["data.karpathy_json", "clip.model", "clip.pretrained", "fsgr.concept_min_count",
                 "fsgr.concept_list", "fsgr.prompt_template"]
@@ -45,6 +47,11 @@ def fsgr_store_path(config: Config) -> Path:
 def fsgr_dir(config: Config) -> Path:
     """`runs/<dataset>/fsgr/`: concept codebook, FSGR checkpoints, fit log."""
     return config.run_dir / "fsgr"
+
+
+def codebook_usage_path(config: Config) -> Path:
+    """`runs/<dataset>/fsgr/codebook_usage.json`: the fitted codebook's use on val patches."""
+    return fsgr_dir(config) / "codebook_usage.json"
 
 
 def vocab_path(config: Config) -> Path:

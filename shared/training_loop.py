@@ -82,18 +82,6 @@ def data_parallel(module: nn.Module, device: torch.device, ranks: Ranks,
         broadcast_buffers=False, find_unused_parameters=find_unused)
 
 
-class Memory(Protocol):
-    """The PMA memory banks a phase trains with (`train.self_memory.SelfMemory`)."""
-
-    def collect(self) -> None: ...
-    def due(self, step: int) -> bool: ...
-    def refresh_synced(self) -> None: ...
-    def save_banks(self, checkpoint: Path) -> dict: ...
-    def load_banks(self, checkpoint: Path, entry: dict, banks: bool = True) -> None: ...
-    def check_resume_point(self, path: Path, ckpt: dict) -> None: ...
-    def drop_stale_banks(self, last: Path) -> None: ...
-
-
 class Objective(Protocol):
     """What a phase supplies to `TrainingLoop`."""
 
@@ -141,13 +129,12 @@ class LoopSettings:
 @dataclass
 class LoopResult:
     """How the loop ended: `stopped` ("max_epochs" / "early stop"), optimizer steps, the best
-    val_cider, the printed lines and the run's warnings."""
+    val_cider and the printed lines."""
 
     stopped: str
     steps: int
     best_cider: float
     lines: list[str] = field(default_factory=list)
-    warnings: RunWarnings = field(default_factory=RunWarnings)
 
 
 def train_step(objective: Objective, optimizer: torch.optim.Optimizer,
@@ -168,11 +155,12 @@ def train_step(objective: Objective, optimizer: torch.optim.Optimizer,
 
 
 class TrainingLoop:
-    """Epochs of `objective` with `optimizer` (see the module docstring)."""
+    """Epochs of `objective` with `optimizer` (see the module docstring); `memory` is the PMA
+    memory it trains with (`train.self_memory.SelfMemory`), if any."""
 
     def __init__(self, objective: Objective, optimizer: torch.optim.Optimizer,
                  settings: LoopSettings, device: torch.device, ranks: Ranks | None = None,
-                 memory: Memory | None = None, warnings: RunWarnings | None = None) -> None:
+                 memory: Any = None, warnings: RunWarnings | None = None) -> None:
         self.objective, self.optimizer, self.settings = objective, optimizer, settings
         self.device, self.ranks, self.memory = device, ranks or Ranks(), memory
         self.warnings = warnings or RunWarnings(show=self.ranks.main)
@@ -253,7 +241,7 @@ class TrainingLoop:
             self.best_cider, stale = self._share([self.best_cider, float(self.stale_epochs)])
             self.stale_epochs = int(stale)
         s.log.close()
-        return LoopResult(stopped, self.step, self.best_cider, self.lines, self.warnings)
+        return LoopResult(stopped, self.step, self.best_cider, self.lines)
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         objective, s = self.objective, self.settings

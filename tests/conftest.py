@@ -104,7 +104,7 @@ def config_overrides(run_root: Path, dataset: Path, checkpoint: Path, *extra: st
         f"data.run_root={json.dumps(str(run_root))}",
         f"clip.model={json.dumps(TINY_MODEL)}",
         f"clip.pretrained={json.dumps(str(checkpoint))}",
-        "clip.batch_size=8", "clip.num_workers=0", "clip.device=\"cpu\"",
+        "clip.batch_size=8", "clip.num_workers=0", "run.device=\"cpu\"",
         "store.rows_per_chunk=8", *extra]
 
 

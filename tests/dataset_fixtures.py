@@ -165,7 +165,7 @@ def write_nocaps(root: Path, n: int = 9) -> None:
 
 SMALL_MODEL = [
     'clip.model="demo-tiny-clip"', "clip.batch_size=8", "clip.num_workers=0",
-    'clip.device="cpu"', "store.rows_per_chunk=8", "data.min_word_count=1",
+    'run.device="cpu"', "store.rows_per_chunk=8", "data.min_word_count=1",
     "fsgr.d_model=64", "fsgr.n_layers=1", "fsgr.n_heads=2", "fsgr.d_ff=64", "fsgr.top_k=4",
     "fsgr.epochs=1", "fsgr.batch_size=8", "fsgr.warmup_steps=1", "fsgr.max_anchors=256",
     "fsgr.captions_per_image=1", "fsgr.concept_min_count=1",

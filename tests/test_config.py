@@ -53,6 +53,15 @@ def test_wrong_type_is_named(tmp_path: Path, text: str, key: str) -> None:
         load_config(_write(tmp_path, text))
 
 
+def test_choices_are_literal_types_and_moved_keys_name_their_new_place(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config key 'scst\.baseline' must be one of mean, "
+                                          r"mean_others, greedy, got 'median'$"):
+        load_config(_write(tmp_path, '[scst]\nbaseline = "median"\n'))
+    with pytest.raises(ConfigError, match=r"config key 'clip\.device' is now 'run\.device'$"):
+        load_config(_write(tmp_path, '[clip]\ndevice = "cpu"\n'))
+    assert load_config(_write(tmp_path, '[run]\ndevice = "cpu"\n')).run.device == "cpu"
+
+
 def test_int_is_accepted_for_float(tmp_path: Path) -> None:
     assert load_config(_write(tmp_path, "[train]\nlr = 1\n")).train.lr == 1.0
 
@@ -98,3 +107,19 @@ def test_shipped_configs_name_their_dataset_kind(path: Path) -> None:
     assert load_config(path).data.kind == path.stem
     renamed = load_config(path, ['data.name="small_run"'])
     assert renamed.data.kind == path.stem and renamed.run_dir == Path("runs") / "small_run"
+
+
+def test_added_keys_stay_out_of_identities_at_their_default() -> None:
+    """Keys added after outputs were built (`ADDED_KEYS`) do not make those outputs stale:
+    at their default they are not part of what a stage's identity selects."""
+    from shared.stages import CLIP_KEYS, FIT_KEYS
+    config = load_config(REPO / "configs" / "demo.toml")
+    for keys, added in ((["train"], "train.compile"), (CLIP_KEYS, "clip.decode"),
+                        (FIT_KEYS, "fsgr.concept_source")):
+        assert added not in config.select(keys)
+    changed = load_config(REPO / "configs" / "demo.toml",
+                          ["train.compile=true", 'clip.decode="gpu"', 'fsgr.concept_source="vg"',
+                           'vg.concepts_json="x.json"'])
+    assert changed.select(["train"])["train.compile"] is True
+    assert changed.select(CLIP_KEYS)["clip.decode"] == "gpu"
+    assert changed.select(FIT_KEYS)["fsgr.concept_source"] == "vg"

@@ -74,6 +74,7 @@ BOTH_BOOLEANS = {
     "eval.spice": "SPICE needs Java + CoreNLP; either is a valid choice",
     "eval.clipscore": "CLIPScore on or off",
     "train.tensorboard": "TensorBoard scalars or not",
+    "train.compile": "torch.compile of the decoder forward or eager",
 }
 EMPTY_OK = {
     "train.experiment": "empty: outputs directly under runs/<name>/",
@@ -89,7 +90,8 @@ MALFORMED = {  # one wrong but well-typed value of every string key
     "data.name": '"runs/coco"', "data.kind": '"imagenet"', "data.karpathy_json": '"  "',
     "data.image_root": '"  "', "data.run_root": '"  "', "demo.output_dir": '"  "',
     "demo.clip_model": '"  "', "clip.model": '"  "', "clip.pretrained": '"  "',
-    "clip.device": '"tpu"', "clip.precision": '"fp8"', "clip.patch_attention": '"sparse"',
+    "run.device": '"tpu"', "clip.precision": '"fp8"', "clip.patch_attention": '"sparse"',
+    "clip.decode": '"tpu"',
     "store.format": '"parquet"', "store.dtype": '"int8"', "fsgr.concept_list": '"  "',
     "fsgr.prompt_template": '"a photo"', "decoder.visual_input": '"pixels"',
     "cluster.device": '"tpu"', "train.experiment": '"../elsewhere"',
@@ -114,7 +116,7 @@ def wrong_values(key: str, kind: typing.Any) -> list[str]:
         values = ['"fast"', "true", "-1.0", "nan"]
         values += [] if key in ZERO_OK else ["0.0"]
         return values + ([] if key in NO_UPPER_BOUND else ["1e12"])
-    if kind is str:
+    if kind is str or typing.get_origin(kind) is typing.Literal:
         return ["3", "true", MALFORMED[key]] + ([] if key in EMPTY_OK else ['""'])
     if kind == list[str]:
         return ["[1]", "3", MALFORMED[key]]
@@ -138,7 +140,8 @@ def test_every_key_has_a_rule_and_every_exception_is_a_key() -> None:
     for listed in (ZERO_OK, NO_UPPER_BOUND, BOTH_BOOLEANS, EMPTY_OK, MALFORMED):
         assert set(listed) <= set(KEYS), set(listed) - set(KEYS)
     assert {k for k, t in KEYS.items() if t is bool} == set(BOTH_BOOLEANS)
-    assert {k for k, t in KEYS.items() if t is str or t == list[str]} == set(MALFORMED)
+    assert {k for k, t in KEYS.items() if t is str or t == list[str]
+            or typing.get_origin(t) is typing.Literal} == set(MALFORMED)
 
 
 @pytest.mark.parametrize("key", sorted(KEYS))

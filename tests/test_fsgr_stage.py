@@ -12,7 +12,7 @@ import torch
 import extract.fsgr_encode as fsgr_encode
 from extract.concepts import ConceptCodebook
 from extract.fsgr_encode import FsgrMeta, check_compatible, encode_fsgr
-from extract.fsgr_fit import USAGE_FILE, clip_logit_scale, fit_fsgr
+from extract.fsgr_fit import clip_logit_scale, fit_fsgr
 from shared.models.factory import build_encoder, load_fsgr
 from shared.chunked_stage import ChunkedOutput
 from shared.clip_model import create_clip
@@ -22,7 +22,8 @@ from shared.datasets.demo_scenes import CATEGORIES
 from shared.feature_store import FeatureStore
 from shared.karpathy import load_karpathy, split_records
 from shared.manifest import current_state, decide, read_manifest
-from shared.stages import clip_stage, concepts_stage, encode_stage, fit_stage
+from shared.stages import (clip_stage, codebook_usage_path, concepts_stage, encode_stage,
+                           fit_stage)
 from tests.conftest import DEMO_CONFIG
 from tests.demo_masks import object_masks, patch_categories
 
@@ -190,7 +191,7 @@ def test_fit_logs_gumbel_agreement_and_codebook_usage(demo_run) -> None:
         assert 1 <= record["codebook_used"] <= n_concepts
         assert 0.0 <= record["codebook_entropy_bits"] <= np.log2(record["codebook_used"]) + 1e-9
 
-    usage = json.loads((fit_stage(config).output.parent / USAGE_FILE).read_text())
+    usage = json.loads(codebook_usage_path(config).read_text())
     manifest = read_manifest(fit_stage(config).output)
     assert usage["fit_identity"] == manifest["identity"]
     assert usage["epoch"] == manifest["summary"]["best_epoch"]
@@ -218,7 +219,7 @@ def test_report_reads_the_fits_codebook_usage(demo_run, tmp_path) -> None:
 
     config, _ = demo_run
     usage = codebook_usage(config)
-    saved = json.loads((fit_stage(config).output.parent / USAGE_FILE).read_text())
+    saved = json.loads(codebook_usage_path(config).read_text())
     np.testing.assert_array_equal(usage.counts, saved["counts"])
     assert "val images" in usage.source and f"epoch {saved['epoch']}" in usage.source
     words = ConceptCodebook.load(concepts_stage(config).output).words

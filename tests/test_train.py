@@ -3,6 +3,7 @@ when `last.pt` is broken), NaN stop, DDP, widths."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from cluster.activation_prototypes import cluster_activations
 from shared.config import load_config
 from shared.manifest import read_manifest
 from shared.models.caption_decoder import caption_loss
-from shared.models.factory import build_decoder
+from shared.models.factory import build_decoder, decoder_from_checkpoint
 from shared.prototypes import read_banks
 from shared.stages import memory_banks_path, memory_banks_stage, train_dir
 from tests.conftest import DEMO_CONFIG, REPO
@@ -200,6 +201,32 @@ def test_any_cache_width_trains(trained, width: int) -> None:
         optimizer.step()
         losses.append(float(loss))
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_best_checkpoint_describes_its_decoder(trained) -> None:
+    """`best.pt` carries every size of its decoder: the factory rebuilds it without a config
+    (the same outputs as the config-built one); an older checkpoint recording only the
+    widths takes the rest from the config, and without one says what is missing."""
+    config = trained[0]
+    path = train_dir(config) / "best.pt"
+    ckpt = torch.load(path, weights_only=True)
+    rebuilt = decoder_from_checkpoint(ckpt, path).eval()
+    meta = ckpt["meta"]
+    assert dataclasses.asdict(rebuilt.dims) == {k: v for k, v in meta.items()
+                                                if k != "visual_input"}
+    assert meta["visual_input"] == config.decoder.visual_input
+    assert rebuilt.dims.self_memory and rebuilt.dims.max_len == \
+        config.data.max_caption_words + 2
+    reference = build_decoder(config, meta["d_visual"], meta["vocab_size"])
+    reference.load_state_dict(ckpt["model"])
+    visual = torch.randn(2, 16, meta["d_visual"])
+    tokens = torch.randint(4, meta["vocab_size"], (2, 6))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(visual, tokens), reference.eval()(visual, tokens))
+    older = {**ckpt, "meta": {k: meta[k] for k in ("d_visual", "vocab_size", "visual_input")}}
+    assert decoder_from_checkpoint(older, path, config).dims == rebuilt.dims
+    with pytest.raises(RuntimeError, match="does not record its decoder's sizes"):
+        decoder_from_checkpoint(older, path)
 
 
 def test_ddp_two_cpu_processes(trained) -> None:

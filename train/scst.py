@@ -254,7 +254,7 @@ def train_scst(config: Config, force: bool = False, progress: bool = True,
     else starts over from the XE checkpoint."""
     require_tensorboard(config.train.tensorboard)
     sc = config.scst
-    device, ranks = join_run(config.clip.device)
+    device, ranks = join_run(config.run.device)
     if ranks.world > 1:
         dist.barrier()  # rank 0 may still be writing the XE manifest
     least = 2 if sc.baseline in MEAN_BASELINES else 1

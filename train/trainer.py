@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from shared.checkpoint_files import load_checkpoint
+from shared.compiled import compile_forward
 from shared.config import Config
 from shared.devices import autocast
 from shared.manifest import decide, write_manifest
@@ -104,7 +105,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
     """
     spec = train_stage(config)
     require_tensorboard(config.train.tensorboard)
-    device, ranks = join_run(config.clip.device)
+    device, ranks = join_run(config.run.device)
     decision = decide(spec, config, force=force)
 
     def build(run: StageRun) -> dict[str, Any]:
@@ -133,6 +134,7 @@ def train(config: Config, force: bool = False, progress: bool = True,
                                shuffle_buffer=config.train.shuffle_buffer,
                                shard=(ranks.rank, ranks.world))
         warnings = RunWarnings(show=ranks.main)
+        forward = compile_forward(forward, config.train.compile, device, warnings.add)
         objective = CrossEntropy(config, decoder, forward, cache.array, device, stream,
                                  make_validator(decoder, cache, config, device), warnings)
         settings = LoopSettings(out_dir, run.identity, config.train.max_epochs,
