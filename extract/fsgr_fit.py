@@ -226,10 +226,14 @@ def _fit(run: StageRun, force: bool, progress: bool) -> dict[str, Any]:
     settings = LoopSettings(out_dir, run.identity, config.fsgr.epochs, None, log,
                             progress=progress)
     loop = TrainingLoop(objective, optimizer, settings, device, warnings=warnings)
-    start_epoch, _ = loop.start(force, resume=False)
+    start_epoch, ckpt = loop.start(force, resume=False)
+    if ckpt is not None and "contrastive_generator" in ckpt:  # absent in older last.pt files
+        objective.generator.set_state(ckpt["contrastive_generator"].to("cpu", torch.uint8))
     warnings.add(warmup_warning("fsgr.warmup_steps", config.fsgr.warmup_steps,
                                 config.fsgr.epochs, len(objective.epoch_batches(start_epoch))))
-    run.lines.extend(loop.run(start_epoch).lines)
+    # the anchors' sampler continues where it stopped, so a resumed fit equals an uninterrupted one
+    state = lambda: {"contrastive_generator": objective.generator.get_state()}  # noqa: E731
+    run.lines.extend(loop.run(start_epoch, state).lines)
 
     best = load_checkpoint(loop.best, "FSGR fit checkpoint", "re-run `python -m extract fit "
                            "--force`", keys=("model", "epoch", "val_loss", "val_cider"))

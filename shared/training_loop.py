@@ -12,10 +12,10 @@ one batch and its validation. `TrainingLoop` owns everything else, once:
   checkpoints and the log, and shares `best_cider` / patience with the others;
 * PMA memory: banks collected after each step, prototypes refreshed when due, banks saved
   beside `last.pt`;
-* each epoch: validation, `best.pt` when `val_cider` improved, `last.pt` (atomic, the previous
-  one kept as `last.prev.pt` until it is complete), a record in the phase's JSON-lines log
-  (`shared.run_log`), a printed line; early stopping after `patience` epochs without
-  improvement.
+* each epoch: validation, `best.pt` when `val_cider` improved, a record in the phase's
+  JSON-lines log (`shared.run_log`), `last.pt` (atomic, the previous one kept as
+  `last.prev.pt` until it is complete), the curves, a printed line; early stopping after
+  `patience` epochs without improvement.
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ class TrainingLoop:
                       **self.warnings.take()}
             self.best_cider = record["val_cider"]
             self._save_best(-1, record)
-            self._log(record)
+            self.settings.log.write(record)
+            self._draw_curves()
         self.best_cider = self._share([self.best_cider])[0]
         return record
 
@@ -234,8 +235,11 @@ class TrainingLoop:
                 self.stale_epochs = 0 if improved else self.stale_epochs + 1
                 if improved:
                     self._save_best(epoch, record)
+                # the record before the resume point that follows it: an interruption between
+                # the two re-runs the epoch, whose record the resumed run drops and logs again
+                self.settings.log.write(record)
                 self._save_last(epoch, state())
-                self._log(record)
+                self._draw_curves()
                 self.say(f"epoch {epoch + 1}: {self.objective.epoch_line(record)}"
                          + (" (best)" if improved else ""))
             self.best_cider, stale = self._share([self.best_cider, float(self.stale_epochs)])
@@ -306,8 +310,7 @@ class TrainingLoop:
             if memory is not None:
                 memory.drop_stale_banks(self.last)
 
-    def _log(self, record: dict[str, Any]) -> None:
-        self.settings.log.write(record)
+    def _draw_curves(self) -> None:
         if self.settings.curves is not None:
             self.settings.curves()
 

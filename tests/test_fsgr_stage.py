@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import extract.fsgr_encode as fsgr_encode
+import shared.training_loop as training_loop
 from extract.concepts import ConceptCodebook
 from extract.fsgr_encode import FsgrMeta, check_compatible, encode_fsgr
 from extract.fsgr_fit import clip_logit_scale, fit_fsgr
@@ -230,3 +232,33 @@ def test_report_reads_the_fits_codebook_usage(demo_run, tmp_path) -> None:
     assert f'<span class="swatch c{top}"></span>{words[top]}</th>' in html
     assert f'<td class="share">{100 * share:.1f}%</td>' in html
     assert f"{saved['codebook_used']} of {len(words)} concepts" in html
+
+
+def test_fit_resumes_exactly_after_an_interruption(demo_run, tmp_path, monkeypatch) -> None:
+    """`extract fit` stopped right after its first `last.pt` and run again continues from
+    epoch 2 and ends with the uninterrupted fit's weights and log (on a copy of the run)."""
+    config, sets = demo_run
+    shutil.copytree(Path(config.data.run_root), tmp_path / "runs")
+    moved = load_config(DEMO_CONFIG, [*sets, f"data.run_root={json.dumps(str(tmp_path / 'runs'))}"])
+    assert decide(fit_stage(moved), moved).up_to_date  # the copy is the same finished fit
+    reference = torch.load(fit_stage(moved).output, weights_only=True)["encoder"]
+    save = training_loop.save_atomic
+
+    def stop_after_first_resume_point(payload, path):
+        save(payload, path)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt("interrupted after epoch 1")
+
+    monkeypatch.setattr(training_loop, "save_atomic", stop_after_first_resume_point)
+    with pytest.raises(KeyboardInterrupt):
+        fit_fsgr(moved, force=True, progress=False)
+    monkeypatch.undo()
+    lines = fit_fsgr(moved, progress=False).lines
+    assert lines[1].startswith("extract fit: resuming after epoch 1 (step ")
+    resumed = torch.load(fit_stage(moved).output, weights_only=True)["encoder"]
+    assert resumed.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(resumed[name], tensor), name
+    again = ("seconds", "warnings")  # timing; a resumed process states its warnings again
+    assert [{k: v for k, v in r.items() if k not in again} for r in fit_log(moved)] == \
+        [{k: v for k, v in r.items() if k not in again} for r in fit_log(config)]
