@@ -162,3 +162,53 @@ def xe_step(decoder: CaptionDecoder, optimizer: torch.optim.Optimizer, visual: t
     from train.trainer import CrossEntropy
     objective = CrossEntropy(config, decoder, decoder, "features", device)
     return train_step(objective, optimizer, {"features": visual, "tokens": tokens})["loss"]
+
+
+def write_synthetic_fsgr_inputs(config: Config, images: int, grid: int, width: int,
+                                embed: int, concepts: int, seed: int = 0) -> tuple[Any, Any]:
+    """What `extract encode` reads, synthetic and each with its manifest: a CLIP cache of
+    `images` rows (one random float16 chunk repeated; `grid` x `grid` patches of `width`),
+    a vocabulary, a concept codebook placeholder and an FSGR checkpoint of random weights
+    (`concepts` concepts). Returns the encoder (eval mode) and its `FsgrMeta`."""
+    import torch
+
+    from shared.feature_store import ArraySpec, FeatureStore
+    from shared.manifest import write_manifest
+    from shared.models.factory import FsgrMeta, build_encoder
+    from shared.stages import clip_stage, concepts_stage, fit_stage, vocab_stage
+    from shared.vocabulary import SPECIALS, Vocabulary
+    rng = np.random.default_rng(seed)
+    rows, n_patches = config.store.rows_per_chunk, grid * grid
+    clip = clip_stage(config)
+    proj = rng.standard_normal((width, embed)).astype(np.float32) / 30
+    tokens = rng.standard_normal((rows, n_patches, width), np.float32).astype(np.float16)
+    pooled = rng.standard_normal((rows, embed), np.float32).astype(np.float16)
+    with FeatureStore.create(clip.output, [
+            ArraySpec("patch_tokens", (n_patches, width), "float16"),
+            ArraySpec("image_embed", (embed,), "float16"),
+            ArraySpec("image_ids", (), "int64"), ArraySpec("valid", (), "uint8"),
+            ArraySpec("visual_proj", (width, embed), "float32", per_row=False)],
+            images, rows, {"model": "bench-clip", "grid": [grid, grid]}) as store:
+        for start in range(0, images, rows):
+            n = min(start + rows, images) - start
+            store.write_rows(start, {"patch_tokens": tokens[:n], "image_embed": pooled[:n],
+                                     "image_ids": np.arange(start, start + n),
+                                     "valid": np.ones(n, np.uint8)})
+        store.write_whole("visual_proj", proj)
+    write_manifest(clip, config)
+    vocab = vocab_stage(config)
+    Vocabulary(list(SPECIALS)).save(vocab.output)
+    write_manifest(vocab, config)
+    codebook = concepts_stage(config)
+    codebook.output.parent.mkdir(parents=True, exist_ok=True)
+    codebook.output.write_bytes(b"synthetic")
+    write_manifest(codebook, config)
+    meta = FsgrMeta("bench-clip", (grid, grid), width, embed, "synthetic", concepts)
+    encoder = build_encoder(config, meta, torch.from_numpy(proj),
+                            torch.randn(concepts, embed)).eval()
+    fit = fit_stage(config)
+    identity = json.loads(codebook.manifest_path.read_text())["identity"]
+    torch.save({"encoder": encoder.state_dict(),
+                "meta": {**meta.__dict__, "concepts_identity": identity}}, fit.output)
+    write_manifest(fit, config)
+    return encoder, meta

@@ -18,13 +18,10 @@ import numpy as np
 import torch
 
 from bench.common import (bench_config, best_rate, make_parser, peak_rss_mib, print_report,
-                          side_by_side)
+                          side_by_side, write_synthetic_fsgr_inputs)
 from extract.fsgr_encode import encode_fsgr
-from shared.models.factory import FsgrMeta, build_encoder
-from shared.feature_store import ArraySpec, FeatureStore
-from shared.manifest import write_manifest
-from shared.stages import clip_stage, concepts_stage, fit_stage, vocab_stage
-from shared.vocabulary import SPECIALS, Vocabulary
+from shared.feature_store import FeatureStore
+from shared.stages import clip_stage
 
 
 def main() -> None:
@@ -38,8 +35,6 @@ def main() -> None:
     parser.add_argument("--format", default="zarr", choices=["zarr", "hdf5"])
     args = parser.parse_args()
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    n_patches = args.grid * args.grid
 
     with tempfile.TemporaryDirectory() as tmp:
         json_path = Path(tmp) / "dataset.json"
@@ -49,42 +44,9 @@ def main() -> None:
                 f'store.format="{args.format}"']
         config = bench_config("coco", sets)
         # a synthetic CLIP cache + concept codebook + FSGR checkpoint, with manifests
+        encoder, meta = write_synthetic_fsgr_inputs(config, args.images, args.grid,
+                                                    args.width, args.embed, args.concepts)
         clip = clip_stage(config)
-        proj = rng.standard_normal((args.width, args.embed)).astype(np.float32) / 30
-        with FeatureStore.create(clip.output, [
-                ArraySpec("patch_tokens", (n_patches, args.width), "float16"),
-                ArraySpec("image_embed", (args.embed,), "float16"),
-                ArraySpec("image_ids", (), "int64"), ArraySpec("valid", (), "uint8"),
-                ArraySpec("visual_proj", (args.width, args.embed), "float32", per_row=False)],
-                args.images, config.store.rows_per_chunk,
-                {"model": "bench-clip", "grid": [args.grid, args.grid]}) as store:
-            for start in range(0, args.images, config.store.rows_per_chunk):
-                stop = min(start + config.store.rows_per_chunk, args.images)
-                store.write_rows(start, {
-                    "patch_tokens": rng.standard_normal((stop - start, n_patches, args.width),
-                                                        np.float32).astype(np.float16),
-                    "image_embed": rng.standard_normal((stop - start, args.embed),
-                                                       np.float32).astype(np.float16),
-                    "image_ids": np.arange(start, stop), "valid": np.ones(stop - start, np.uint8)})
-            store.write_whole("visual_proj", proj)
-        write_manifest(clip, config)
-        vocab = vocab_stage(config)
-        Vocabulary(list(SPECIALS)).save(vocab.output)
-        write_manifest(vocab, config)
-        concepts = concepts_stage(config)
-        concepts.output.parent.mkdir(parents=True, exist_ok=True)
-        concepts.output.write_bytes(b"synthetic")
-        write_manifest(concepts, config)
-        meta = FsgrMeta("bench-clip", (args.grid, args.grid), args.width, args.embed,
-                        "synthetic", args.concepts)
-        codebook = torch.randn(args.concepts, args.embed)
-        encoder = build_encoder(config, meta, torch.from_numpy(proj), codebook).eval()
-        fit = fit_stage(config)
-        torch.save({"encoder": encoder.state_dict(), "meta": {**meta.__dict__,
-                    "concepts_identity": json.loads(concepts.manifest_path.read_text())[
-                        "identity"]}}, fit.output)
-        write_manifest(fit, config)
-
         with FeatureStore.open(clip.output) as store:
             tokens = torch.from_numpy(store.read("patch_tokens"))
             pooled = torch.from_numpy(store.read("image_embed"))

@@ -66,7 +66,8 @@ import numpy as np
 import torch
 
 from bench.common import (BOS, EOS, add_overrides, bench_config, cuda_sync,
-                          install_random_prototypes, make_parser, print_report, xe_step)
+                          install_random_prototypes, make_parser, print_report,
+                          write_synthetic_fsgr_inputs, xe_step)
 from shared.vocabulary import SPECIALS
 
 # The pipeline's modules (open_clip, the models, the stages) are imported by the sections that
@@ -202,15 +203,8 @@ def check_extract(n_images: int, batch: int, workers: int, model: str, device: t
 def check_encode(device: torch.device, images: int, grid: int = 16, width: int = 1024,
                  embed: int = 768, concepts: int = 4585, sets: tuple[str, ...] = ()) -> dict:
     """`extract encode` on `device` over a synthetic CLIP cache at COCO sizes, random FSGR
-    weights (the set-up of `bench/fsgr.py`)."""
+    weights (`write_synthetic_fsgr_inputs`, as `bench/fsgr.py`)."""
     from extract.fsgr_encode import encode_fsgr
-    from shared.feature_store import ArraySpec, FeatureStore
-    from shared.manifest import write_manifest
-    from shared.models.factory import FsgrMeta, build_encoder
-    from shared.stages import clip_stage, concepts_stage, fit_stage, vocab_stage
-    from shared.vocabulary import Vocabulary
-    rng = np.random.default_rng(0)
-    n_patches = grid * grid
     with tempfile.TemporaryDirectory() as tmp:
         json_path = Path(tmp) / "dataset.json"
         json_path.write_text(json.dumps({"images": []}))
@@ -218,41 +212,7 @@ def check_encode(device: torch.device, images: int, grid: int = 16, width: int =
             f'data.run_root="{tmp}"', f'data.karpathy_json="{json_path}"',
             'clip.model="bench-clip"', 'clip.pretrained="random"',
             f'run.device="{device.type}"', *sets])
-        rows = config.store.rows_per_chunk
-        clip = clip_stage(config)
-        proj = rng.standard_normal((width, embed)).astype(np.float32) / 30
-        chunk = {"patch_tokens": rng.standard_normal((rows, n_patches, width),
-                                                     np.float32).astype(np.float16),
-                 "image_embed": rng.standard_normal((rows, embed), np.float32).astype(np.float16)}
-        with FeatureStore.create(clip.output, [
-                ArraySpec("patch_tokens", (n_patches, width), "float16"),
-                ArraySpec("image_embed", (embed,), "float16"),
-                ArraySpec("image_ids", (), "int64"), ArraySpec("valid", (), "uint8"),
-                ArraySpec("visual_proj", (width, embed), "float32", per_row=False)],
-                images, rows, {"model": "bench-clip", "grid": [grid, grid]}) as store:
-            for start in range(0, images, rows):
-                stop = min(start + rows, images)
-                store.write_rows(start, {
-                    "patch_tokens": chunk["patch_tokens"][:stop - start],
-                    "image_embed": chunk["image_embed"][:stop - start],
-                    "image_ids": np.arange(start, stop), "valid": np.ones(stop - start, np.uint8)})
-            store.write_whole("visual_proj", proj)
-        write_manifest(clip, config)
-        vocab = vocab_stage(config)
-        Vocabulary(list(SPECIALS)).save(vocab.output)
-        write_manifest(vocab, config)
-        concepts_spec = concepts_stage(config)
-        concepts_spec.output.parent.mkdir(parents=True, exist_ok=True)
-        concepts_spec.output.write_bytes(b"synthetic")
-        write_manifest(concepts_spec, config)
-        meta = FsgrMeta("bench-clip", (grid, grid), width, embed, "synthetic", concepts)
-        encoder = build_encoder(config, meta, torch.from_numpy(proj),
-                                torch.randn(concepts, embed)).eval()
-        fit = fit_stage(config)
-        torch.save({"encoder": encoder.state_dict(), "meta": {**meta.__dict__,
-                    "concepts_identity": json.loads(concepts_spec.manifest_path.read_text())[
-                        "identity"]}}, fit.output)
-        write_manifest(fit, config)
+        write_synthetic_fsgr_inputs(config, images, grid, width, embed, concepts)
         _reset_peak(device)
         started = time.perf_counter()
         result = encode_fsgr(config, progress=False)
