@@ -26,7 +26,7 @@ from shared.checkpoint_files import load_checkpoint
 from shared.compiled import compile_forward
 from shared.config import Config
 from shared.devices import autocast
-from shared.manifest import decide, write_manifest
+from shared.manifest import write_manifest
 from shared.models.caption_decoder import CaptionDecoder, caption_loss
 from shared.models.factory import build_decoder, decoder_meta
 from shared.prototypes import read_feature_prototypes, read_memory_prototypes, write_banks
@@ -106,7 +106,6 @@ def train(config: Config, force: bool = False, progress: bool = True,
     spec = train_stage(config)
     require_tensorboard(config.train.tensorboard)
     device, ranks = join_run(config.run.device)
-    decision = decide(spec, config, force=force)
 
     def build(run: StageRun) -> dict[str, Any]:
         out_dir = train_dir(config)
@@ -166,4 +165,4 @@ def train(config: Config, force: bool = False, progress: bool = True,
                 "val_loss": best["val_loss"], "stopped": result.stopped,
                 "steps": result.steps, **warnings.summary()}
 
-    return run_stage(spec, config, build, force=force, main=ranks.main, decision=decision)
+    return run_stage(spec, config, build, force=force, main=ranks.main)
