@@ -8,7 +8,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(FAISS)
 
-.PHONY: setup java browser demo test data extract cluster train eval all ablation clean bench gpu-check status
+.PHONY: setup java browser demo test data extract cluster train eval all ablation transfer clean bench gpu-check status
 
 setup: $(STAMP) java browser
 
@@ -103,6 +103,12 @@ ablation: all
 	$(PY) -m evaluate compare -o $(RUNS)/ablation CLIP=$(call seed_runs,clip) \
 	  CLIP+PMA=$(call seed_runs,clip_pma) FSGR=$(call seed_runs,fsgr) \
 	  FSGR+PMA=$(call seed_runs,fsgr_pma)
+
+# A finished run (FROM, e.g. runs/coco) captions and scores another dataset's eval.split, overall
+# and per eval.subsets entry: `make data transfer DATASET=nocaps FROM=runs/coco`.
+FROM ?= runs/coco
+transfer: setup
+	$(PY) -m evaluate transfer --config $(CONFIG) --run $(FROM) $(ARGS)
 
 status: setup
 	$(PY) -m shared.status --config $(CONFIG) $(ARGS)

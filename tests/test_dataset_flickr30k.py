@@ -5,7 +5,6 @@ CHAIR reported as not computed (never as zero)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,6 @@ def test_shipped_config_layout() -> None:
 def test_flickr30k_fixture_prepare_extract_train_score(tmp_path, tiny_checkpoint,
                                                        monkeypatch) -> None:
     fast_scoring(monkeypatch)  # Java-free scoring; the VG fixture test scores with Java
-    start = time.perf_counter()
     write_flickr30k(tmp_path)
     sets = flickr_sets(tmp_path, *SMALL_MODEL, path_set("clip.pretrained", tiny_checkpoint))
     result = invoke(sets)
@@ -53,7 +51,6 @@ def test_flickr30k_fixture_prepare_extract_train_score(tmp_path, tiny_checkpoint
     assert metrics["images"] == 3 and "CIDEr" in metrics["metrics"]
     assert "CHAIRi" not in metrics["metrics"] and "CHAIRs" not in metrics["metrics"]
     assert "data.instances_json is empty" in metrics["not_computed"]["CHAIRi"]
-    assert time.perf_counter() - start < 60
 
 
 def test_missing_images_is_one_line_saying_where(tmp_path) -> None:

@@ -4,7 +4,7 @@ conversion, one-line errors, and a finished run scored on it overall and per dom
 from __future__ import annotations
 
 import json
-import time
+import subprocess
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -86,7 +86,6 @@ def test_subset_names_must_be_domains(tmp_path) -> None:
 def test_trained_run_scored_on_nocaps_overall_and_per_domain(tmp_path, tiny_checkpoint,
                                                              monkeypatch) -> None:
     fast_scoring(monkeypatch)  # four scorings (overall + 3 domains): no Java start each
-    start = time.perf_counter()
     source = tmp_path / "source"
     write_flickr30k(source)  # stands in for COCO: a run trained on another dataset
     sets = flickr_sets(source, *SMALL_MODEL, path_set("clip.pretrained", tiny_checkpoint),
@@ -113,4 +112,15 @@ def test_trained_run_scored_on_nocaps_overall_and_per_domain(tmp_path, tiny_chec
     assert "out_domain (3 images)" in result.output
     again = CliRunner().invoke(evaluate_app, args)
     assert again.exit_code == 0 and "up to date" in again.output
-    assert time.perf_counter() - start < 60
+
+
+def test_make_transfer_runs_evaluate_transfer_with_the_source_run() -> None:
+    """`make -n transfer DATASET=nocaps FROM=...` (nothing runs): the stage program with the
+    dataset's config, the source run and ARGS."""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(["make", "--no-print-directory", "-n", "transfer", "PY=python",
+                             "DATASET=nocaps", "FROM=runs/coco_b16", "ARGS=--force"], cwd=repo,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].strip() == (
+        "python -m evaluate transfer --config configs/nocaps.toml --run runs/coco_b16 --force")

@@ -4,7 +4,6 @@ and the miniature dataset through prepare -> extract -> one training step -> sco
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -142,7 +141,6 @@ def test_malformed_vg_file_is_one_line_naming_file_and_field(vg_root, tmp_path) 
 def test_vg_fixture_prepare_extract_train_score(vg_root, tmp_path, tiny_checkpoint) -> None:
     (tmp_path / "vg").symlink_to(vg_root / "vg")
     (tmp_path / "dataset_coco.json").symlink_to(vg_root / "dataset_coco.json")
-    start = time.perf_counter()
     sets = vg_sets(tmp_path, *SMALL_MODEL, path_set("clip.pretrained", tiny_checkpoint),
                    'fsgr.concept_source="vg"', "data.max_caption_words=40",
                    "eval.max_length=40")
@@ -153,7 +151,6 @@ def test_vg_fixture_prepare_extract_train_score(vg_root, tmp_path, tiny_checkpoi
     assert metrics["images"] == len(VG_TEST)
     assert "CIDEr" in metrics["metrics"] and "CHAIRi" in metrics["metrics"]  # VG objects
     assert "CHAIRi" not in metrics["not_computed"]
-    assert time.perf_counter() - start < 60
 
 
 def test_chair_categories_stay_matchable_by_chairs_rules() -> None:
