@@ -12,10 +12,11 @@ STAMP   := $(VENV)/.installed-$(FAISS)
 
 setup: $(STAMP) java browser
 
-$(STAMP): pyproject.toml
+# constraints.txt: the tested versions of every dependency (what README's figures were made with)
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,$(FAISS)]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,$(FAISS)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -27,7 +27,8 @@ METRICS = (Metric("Bleu_1", "B@1"), Metric("Bleu_2", "B@2"), Metric("Bleu_3", "B
            Metric("CIDEr", "C"), Metric("SPICE", "S"), Metric("CHAIRs", "CHs", True),
            Metric("CHAIRi", "CHi", True), Metric("CHAIRs_extended", "CHs-ext", True),
            Metric("CHAIRi_extended", "CHi-ext", True), Metric("CLIP-S", "CLIP-S"),
-           Metric("RefCLIP-S", "RefCLIP-S"))
+           Metric("RefCLIP-S", "RefCLIP-S"), Metric("CLIP-S_run", "CLIP-S-run"),
+           Metric("RefCLIP-S_run", "RefCLIP-S-run"))
 """Every metric the tables print, in their column order: a new metric is one entry here."""
 BY_NAME = {m.name: m for m in METRICS}
 

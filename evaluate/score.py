@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from evaluate.caption_checks import (CheckedAnnotations, caption_stats, check_an
 from evaluate.chair import ImageChair, chair_scores, ground_truth_objects, metric_names
 from evaluate.chair_vocabulary import vocabulary_for
 from evaluate.checkpoint import load_trained_decoder
-from evaluate.clip_score import clip_scores
+from evaluate.clip_score import NAMES, clip_scores, reference_clip_scores
 from evaluate.coco_metrics import score_captions
 from evaluate.decode_split import decode_records
 from evaluate.hallucination import (hallucination_analysis, training_cooccurrence,
@@ -155,7 +156,9 @@ def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
 
     if config.eval.clipscore:
         ids = sorted(captions)
-        corpus.update(_clip_scores(config, ids, captions, references, per_image))
+        corpus.update(clip_score_metrics(config, ids, {i: records[i].path for i in ids},
+                                         captions, references, per_image))
+        notes.append(CLIPSCORE_NOTES[config.eval.clipscore_clip])
 
     signature = result_signature(config, len(captions), len(train_records),
                                  chair_computed=bool(config.data.instances_json))
@@ -216,22 +219,34 @@ def decoder_state(config: Config) -> dict[str, torch.Tensor]:
                            "re-run `python -m train --force`", keys=("model",), mmap=True)["model"]
 
 
-def _clip_scores(config: Config, ids: list[int], captions: dict[int, str],
-                 references: dict[int, list[str]], per_image: dict[int, dict[str, Any]]
-                 ) -> dict[str, float]:
-    """CLIP-S / RefCLIP-S with the run's CLIP (pooled image embeddings from the CLIP cache)."""
-    store_spec = clip_stage(config)
-    require_current(store_spec, config, "python -m extract clip")
-    with FeatureStore.open(store_spec.output) as store:
-        row_of = {int(i): r for r, i in enumerate(store.read("image_ids"))}
-        embeds = store.read_rows("image_embed", np.array([row_of[i] for i in ids]))
+CLIPSCORE_NOTES = {
+    "reference": "CLIP-S / RefCLIP-S: Hessel et al.'s code (ViT-B-32, the image files)",
+    "run": "CLIP-S_run / RefCLIP-S_run: the run's own CLIP (cached image embeddings); "
+           "comparable only between runs with the same CLIP"}
+
+
+def clip_score_metrics(config: Config, ids: list[int], files: dict[int, Path],
+                       captions: dict[int, str], references: dict[int, list[str]],
+                       per_image: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """CLIP-S / RefCLIP-S of `eval.clipscore_clip` (`evaluate.clip_score`), per image into
+    `per_image` and their means."""
     device = resolve_device(config.run.device)
-    bundle = create_clip(config.clip.model, config.clip.pretrained, device)
-    result = clip_scores(bundle, embeds, [captions[i] for i in ids],
-                         [references[i] for i in ids], device)
+    texts, refs = [captions[i] for i in ids], [references[i] for i in ids]
+    if config.eval.clipscore_clip == "reference":
+        result = reference_clip_scores(config.eval.clipscore_pretrained,
+                                       [files[i] for i in ids], texts, refs, device)
+    else:
+        store_spec = clip_stage(config)
+        require_current(store_spec, config, "python -m extract clip")
+        with FeatureStore.open(store_spec.output) as store:
+            row_of = {int(i): r for r, i in enumerate(store.read("image_ids"))}
+            embeds = store.read_rows("image_embed", np.array([row_of[i] for i in ids]))
+        bundle = create_clip(config.clip.model, config.clip.pretrained, device)
+        result = clip_scores(bundle, embeds, texts, refs, device)
+    names = NAMES[config.eval.clipscore_clip]
     for i, clip_s, ref_s in zip(ids, result.clip_s.tolist(), result.ref_clip_s.tolist()):
-        per_image[i]["scores"].update({"CLIP-S": clip_s, "RefCLIP-S": ref_s})
-    return result.corpus
+        per_image[i]["scores"].update({names[0]: clip_s, names[1]: ref_s})
+    return result.corpus(names)
 
 
 def summary_lines(config: Config, metrics: dict[str, Any]) -> list[str]:

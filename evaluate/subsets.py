@@ -31,7 +31,7 @@ from evaluate.chair import ImageChair, corpus_chair, metric_names
 from evaluate.coco_metrics import score_captions
 from shared.config import Config
 
-MEAN_OF_IMAGES = ("CLIP-S", "RefCLIP-S")
+MEAN_OF_IMAGES = ("CLIP-S", "RefCLIP-S", "CLIP-S_run", "RefCLIP-S_run")
 """Metrics whose corpus value is the mean of the per-image values (exact on a subset)."""
 
 

@@ -28,13 +28,14 @@ from evaluate.chair import ImageChair, chair_scores, ground_truth_objects, metri
 from evaluate.chair_vocabulary import vocabulary_for
 from evaluate.coco_metrics import score_captions
 from evaluate.references import reference_captions
-from evaluate.score import score_subsets, split_of, summary_lines
+from evaluate.score import CLIPSCORE_NOTES, clip_score_metrics, score_subsets, split_of, \
+    summary_lines
 from evaluate.subsets import load_subsets
 from shared.atomic_files import write_json_atomic
 from shared.config import Config, require_paths
 from shared.manifest import StageSpec
 from shared.stage_runner import StageResult, StageRun, run_stage
-from shared.stages import SCORE_KEYS, decoder_stage, eval_dir
+from shared.stages import SCORE_KEYS, clipscore_dependencies, decoder_stage, eval_dir
 
 TRANSFER_KEYS = ["eval.split", *SCORE_KEYS, "eval.subsets"]
 
@@ -48,8 +49,10 @@ def transfer_stage(config: Config, model: Config, model_dir: Path) -> StageSpec:
               *(Path(p) for p in config.data.captions_json),
               *(Path(p) for p in config.data.instances_json),
               *(Path(p) for p in config.eval.subsets.values())]
-    return StageSpec("evaluate.transfer", eval_dir(config) / "metrics.json", TRANSFER_KEYS,
-                     inputs, command="python -m evaluate transfer")
+    clip_keys, clip_inputs, _ = clipscore_dependencies(config)  # "run": refused in the build
+    return StageSpec("evaluate.transfer", eval_dir(config) / "metrics.json",
+                     [*TRANSFER_KEYS, *clip_keys], [*inputs, *clip_inputs],
+                     command="python -m evaluate transfer")
 
 
 def score_transfer(config: Config, model_run: str | Path, force: bool = False,
@@ -57,6 +60,9 @@ def score_transfer(config: Config, model_run: str | Path, force: bool = False,
     """Caption `eval.split` of `config`'s dataset with the run in `model_run` and score it
     (skipped when up to date); the lines to print include a table."""
     require_paths(config, "data.karpathy_json", "data.image_root", "eval.subsets")
+    if config.eval.clipscore and config.eval.clipscore_clip == "run":
+        raise ValueError('eval.clipscore_clip = "run" scores with the CLIP cache of a run, '
+                         'which a transfer evaluation has none of: use "reference"')
     captioner = Captioner.from_run(model_run)
     spec = transfer_stage(config, captioner.config, captioner.working_dir)
 
@@ -99,6 +105,11 @@ def score_transfer(config: Config, model_run: str | Path, force: bool = False,
                          "(data.instances_json is empty)")
             for name in metric_names(config.eval.chair_vocabulary):
                 not_computed[name] = "no instance annotations (data.instances_json is empty)"
+        if config.eval.clipscore:
+            ids = sorted(captions)
+            corpus.update(clip_score_metrics(config, ids, {r.image_id: r.path for r in scored},
+                                             captions, references, per_image))
+            notes.append(CLIPSCORE_NOTES[config.eval.clipscore_clip])
         model = captioner.config
         metrics: dict[str, Any] = {
             "split": config.eval.split, "images": len(captions), "metrics": corpus,

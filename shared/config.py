@@ -249,6 +249,10 @@ class EvalConfig:
     batch_size: int = 50
     spice: bool = True
     clipscore: bool = False
+    # "reference": Hessel et al.'s CLIP-S / RefCLIP-S (ViT-B-32, the image files); "run": the
+    # run's CLIP on its cached embeddings, as CLIP-S_run / RefCLIP-S_run (evaluate.clip_score)
+    clipscore_clip: Literal["reference", "run"] = "reference"
+    clipscore_pretrained: str = "openai"   # the reference ViT-B-32's weights: a tag or a file
     # "original": Rohrbach et al.'s CHAIR; "extended": ours
     chair_vocabulary: Literal["original", "extended"] = "original"
     subsets: dict[str, str] = field(default_factory=dict)  # name -> file of image ids of the
@@ -689,6 +693,8 @@ RULES: dict[str, Rule] = {
     "eval.batch_size": _integer(1, BATCH),
     "eval.spice": _flag(),
     "eval.clipscore": _flag(),
+    "eval.clipscore_pretrained": Rule('a hub tag such as "openai", a local checkpoint file of '
+                                      'ViT-B-32 weights, or "random"', _is_path),
     "eval.subsets": _named_paths("file"),
 }
 RULES.update({f"{section}.{key}": _one_of(*typing.get_args(kind))

@@ -231,6 +231,19 @@ SCORE_KEYS = ["eval.spice", "eval.clipscore", "eval.chair_vocabulary", "data.cap
 SUBSETS_KEY = "eval.subsets"
 """A score key only when subsets are configured, so adding the key kept every evaluation
 scored before it (without subsets) up to date."""
+CLIPSCORE_KEYS = ["eval.clipscore_clip", "eval.clipscore_pretrained"]
+"""Score keys only with `eval.clipscore` on (evaluations without CLIP-S stay up to date)."""
+
+
+def clipscore_dependencies(config: Config) -> tuple[list[str], list[Path], list[StageSpec]]:
+    """The config keys, input files and upstream stages CLIP-S adds to a scoring stage: none
+    when off; the reference CLIP's weights file (if one) for "reference"; the CLIP cache for
+    "run"."""
+    if not config.eval.clipscore:
+        return [], [], []
+    if config.eval.clipscore_clip == "run":
+        return CLIPSCORE_KEYS, [], [clip_stage(config)]
+    return CLIPSCORE_KEYS, pretrained_files(config.eval.clipscore_pretrained), []
 
 
 def eval_dir(config: Config, split: str | None = None) -> Path:
@@ -253,11 +266,11 @@ def eval_stage(config: Config) -> StageSpec:
               *(Path(p) for p in config.data.instances_json),
               *(Path(p) for p in config.eval.subsets.values())]
     keys = [*SCORE_KEYS, SUBSETS_KEY] if config.eval.subsets else SCORE_KEYS
-    upstream = [captions_stage(config)]
-    if config.eval.clipscore:
-        upstream.append(clip_stage(config))
-    return StageSpec("evaluate.score", eval_dir(config) / "metrics.json", keys, inputs,
-                     upstream, command="python -m evaluate score")
+    clip_keys, clip_inputs, clip_upstream = clipscore_dependencies(config)
+    return StageSpec("evaluate.score", eval_dir(config) / "metrics.json",
+                     [*keys, *clip_keys], [*inputs, *clip_inputs],
+                     [captions_stage(config), *clip_upstream],
+                     command="python -m evaluate score")
 
 
 def report_stage(config: Config) -> StageSpec:

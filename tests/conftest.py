@@ -148,7 +148,9 @@ EVAL_TRAIN_SETS = ["train.max_epochs=2", "train.batch_size=25", "train.warmup_st
                    "memory.bank_iterations=20", "memory.bank_cap=2000",
                    "memory.n_prototypes=16", "memory.knn=4", "eval.batch_size=8",
                    "scst.enabled=false", 'train.experiment="scored"']
-SCORED_TRAIN_SETS = [*EVAL_TRAIN_SETS, "eval.clipscore=true"]
+# CLIP-S as Hessel et al. compute it (ViT-B-32 on the image files), with random weights: the
+# OpenAI ones are a download
+SCORED_TRAIN_SETS = [*EVAL_TRAIN_SETS, "eval.clipscore=true", 'eval.clipscore_pretrained="random"']
 
 
 @pytest.fixture(scope="session")

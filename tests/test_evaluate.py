@@ -43,7 +43,9 @@ def test_metrics_json_keys_and_ranges(scored) -> None:
         assert 0.0 <= values[name] <= (10.0 if name == "CIDEr" else 1.0), name
     assert values["Bleu_1"] > 0.3 and values["CIDEr"] > 0.05  # it learned something
     assert 0.0 <= values["CHAIRi"] <= 1.0 and 0.0 <= values["CHAIRs"] <= 1.0
-    assert 0.0 < values["CLIP-S"] <= 2.5 and 0.0 < values["RefCLIP-S"] <= 2.5
+    # CLIP-S of the reference ViT-B-32 with random weights (tests/test_clip_score.py checks
+    # the values): in range, the text side of RefCLIP-S is not clipped at 0
+    assert 0.0 <= values["CLIP-S"] <= 2.5 and values["RefCLIP-S"] <= 2.5
     assert "SPICE" not in values and any(n.startswith("SPICE skipped") for n in metrics["notes"])
     assert metrics["decoding"] == {"beam_size": 5, "max_length": 20}
     signature = metrics["signature"]

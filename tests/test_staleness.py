@@ -30,7 +30,7 @@ from tests.conftest import DEMO_CONFIG
 VARIANTS = {
     "pma_scst": [],
     "all_edges": ["memory.cross=true", "memory.init_from_cluster=true", "eval.clipscore=true",
-                  "scst.enabled=false"],
+                  'eval.clipscore_clip="run"', "scst.enabled=false"],
 }
 
 
