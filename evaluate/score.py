@@ -110,8 +110,8 @@ def score(config: Config, force: bool = False, progress: bool = True) -> StageRe
     subsets = load_subsets(config, [r.image_id for r in split_of(config, dataset)])
     captioned = write_captions(config, force=force, progress=progress, dataset=dataset)
     captions = read_captions(captioned.output)
-    result = run_stage(spec, config, lambda run: _score(run, dataset, captions, subsets, checked),
-                       force=force)
+    result = run_stage(spec, config, lambda run: _score(run, dataset, captions, subsets, checked,
+                                                        progress), force=force)
     if not result.ran:
         result.lines += summary_lines(config, json.loads(spec.output.read_text()))
     result.lines[:0] = captioned.lines
@@ -119,8 +119,8 @@ def score(config: Config, force: bool = False, progress: bool = True) -> StageRe
 
 
 def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
-           subsets: dict[str, frozenset[int]], checked: CheckedAnnotations | None
-           ) -> dict[str, Any]:
+           subsets: dict[str, frozenset[int]], checked: CheckedAnnotations | None,
+           progress: bool = False) -> dict[str, Any]:
     """The work of `score` once it is known there is some; returns the manifest summary."""
     config = run.config
     checked = checked if checked is not None else check_annotation_files(config)
@@ -157,7 +157,7 @@ def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
     if config.eval.clipscore:
         ids = sorted(captions)
         corpus.update(clip_score_metrics(config, ids, {i: records[i].path for i in ids},
-                                         captions, references, per_image))
+                                         captions, references, per_image, progress))
         notes.append(CLIPSCORE_NOTES[config.eval.clipscore_clip])
 
     signature = result_signature(config, len(captions), len(train_records),
@@ -227,14 +227,16 @@ CLIPSCORE_NOTES = {
 
 def clip_score_metrics(config: Config, ids: list[int], files: dict[int, Path],
                        captions: dict[int, str], references: dict[int, list[str]],
-                       per_image: dict[int, dict[str, Any]]) -> dict[str, float]:
+                       per_image: dict[int, dict[str, Any]], progress: bool = False
+                       ) -> dict[str, float]:
     """CLIP-S / RefCLIP-S of `eval.clipscore_clip` (`evaluate.clip_score`), per image into
-    `per_image` and their means."""
+    `per_image` and their means (`progress`: a bar over the reference CLIP's images)."""
     device = resolve_device(config.run.device)
     texts, refs = [captions[i] for i in ids], [references[i] for i in ids]
     if config.eval.clipscore_clip == "reference":
         result = reference_clip_scores(config.eval.clipscore_pretrained,
-                                       [files[i] for i in ids], texts, refs, device)
+                                       [files[i] for i in ids], texts, refs, device,
+                                       progress=progress)
     else:
         store_spec = clip_stage(config)
         require_current(store_spec, config, "python -m extract clip")

@@ -108,7 +108,8 @@ def score_transfer(config: Config, model_run: str | Path, force: bool = False,
         if config.eval.clipscore:
             ids = sorted(captions)
             corpus.update(clip_score_metrics(config, ids, {r.image_id: r.path for r in scored},
-                                             captions, references, per_image))
+                                             captions, references, per_image,
+                                             progress=True))
             notes.append(CLIPSCORE_NOTES[config.eval.clipscore_clip])
         model = captioner.config
         metrics: dict[str, Any] = {
