@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import shared.datasets.nocaps as nocaps
@@ -124,3 +125,37 @@ def test_make_transfer_runs_evaluate_transfer_with_the_source_run() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].strip() == (
         "python -m evaluate transfer --config configs/nocaps.toml --run runs/coco_b16 --force")
+
+
+def test_missing_images_are_fetched_whole_or_not_at_all(tmp_path) -> None:
+    """Images come from their coco_url (a local server here); one whose connection closes
+    early is an error naming its URL, and no partial file stays behind."""
+    import http.server
+    import threading
+
+    body = b"\xff\xd8" + bytes(range(256)) * 2  # the bytes are what is checked
+
+    class Images(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) * (2 if "cut" in self.path else 1)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Images)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = f"http://127.0.0.1:{server.server_port}"
+    folder = tmp_path / "images"
+    try:
+        fetched = nocaps.download_images([{"file_name": "a.jpg", "coco_url": f"{root}/a.jpg"}],
+                                         folder, 2)
+        assert fetched == 1 and (folder / "a.jpg").read_bytes() == body
+        with pytest.raises(DownloadError, match=f"download of {root}/cut.jpg failed"):
+            nocaps.download_images([{"file_name": "b.jpg", "coco_url": f"{root}/cut.jpg"}],
+                                   folder, 2)
+    finally:
+        server.shutdown()
+    assert sorted(p.name for p in folder.iterdir()) == ["a.jpg"]

@@ -224,3 +224,32 @@ def test_coco_download_fails_fast_without_network(tmp_path: Path,
     with pytest.raises(coco_download.DownloadError, match="cannot reach 127.0.0.1:9"):
         coco_download.download_coco(config.data, probe_timeout=2)
     assert time.perf_counter() - start < 10
+
+
+def test_interrupted_download_is_one_line_and_leaves_no_part(tmp_path: Path) -> None:
+    """A server that closes the connection mid-file (urllib returns the short body without an
+    error): `fetch` checks the Content-Length, raises DownloadError naming the URL, and leaves
+    neither the archive nor its `.part` behind (a truncated archive was kept as complete)."""
+    import http.server
+    import threading
+
+    class HalfFile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)  # then the connection closes
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), HalfFile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/train2014.zip"
+    dest = tmp_path / "train2014.zip"
+    try:
+        with pytest.raises(coco_download.DownloadError, match=f"download of {url} failed"):
+            coco_download.fetch(url, dest, timeout=5)
+    finally:
+        server.shutdown()
+    assert not dest.exists() and not dest.with_name("train2014.zip.part").exists()

@@ -12,13 +12,15 @@ What is fetched (about 19 GB in all):
 
 Each host is probed first with a short timeout, so a machine without network access fails at
 once with one line instead of hanging. Archives are downloaded to `<name>.part` and renamed
-when complete; parts already in place are skipped, so an interrupted run can be repeated.
+when complete (a failed download removes its part); archives already in place are skipped,
+so an interrupted run can be repeated.
 Flickr30k's images cannot be downloaded by a script (a sign-up): see
 `shared.datasets.flickr30k`, which reuses `check_reachable` and `fetch` for Karpathy's json.
 """
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import urllib.error
 import urllib.request
@@ -91,8 +93,9 @@ def check_reachable(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> None:
                 f"shared/datasets/coco_download.py by hand") from None
 
 
-def fetch(url: str, dest: Path, timeout: float = READ_TIMEOUT_S) -> Path:
-    """Download `url` to `dest` (via `dest.part`), with a progress bar; skip if present."""
+def fetch(url: str, dest: Path, timeout: float = READ_TIMEOUT_S, progress: bool = True) -> Path:
+    """Download `url` to `dest` (via `dest.part`, checked against its Content-Length), with a
+    progress bar; skip if present."""
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -100,11 +103,17 @@ def fetch(url: str, dest: Path, timeout: float = READ_TIMEOUT_S) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, part.open("wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            received = 0
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
+                      disable=not progress) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
+                    received += len(block)
                     bar.update(len(block))
-    except (urllib.error.URLError, OSError) as err:
+            if total is not None and received != total:  # the connection closed early
+                raise OSError(f"the connection closed after {received:,} of {total:,} bytes")
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        part.unlink(missing_ok=True)  # a partial file is never resumed: leave no litter
         raise DownloadError(f"download of {url} failed: {getattr(err, 'reason', err)}") from None
     part.replace(dest)
     return dest

@@ -18,14 +18,12 @@ held by the nocaps evaluation server, so only validation is scored locally.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from shared.atomic_files import write_bytes_atomic, write_json_atomic
+from shared.atomic_files import write_json_atomic
 from shared.config import Config, ConfigError
 from shared.datasets.caption_files import CaptionedImage, write_caption_files
 from shared.datasets.coco_download import (PROBE_TIMEOUT_S, READ_TIMEOUT_S, DownloadError,
@@ -107,12 +105,7 @@ def download_images(images: list[dict[str, Any]], folder: Path,
                             f"{missing[0]['file_name']}) and {urls[0]} cannot be reached: "
                             "place the validation images there") from None
     for entry, url in tqdm(list(zip(missing, urls)), desc="nocaps images", unit="img"):
-        try:
-            with urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as response:
-                write_bytes_atomic(folder / entry["file_name"], response.read())
-        except (urllib.error.URLError, OSError) as err:
-            raise DownloadError(f"download of {url} failed: {getattr(err, 'reason', err)}") \
-                from None
+        fetch(url, folder / entry["file_name"], READ_TIMEOUT_S, progress=False)
     return len(missing)
 
 
