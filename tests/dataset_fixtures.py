@@ -9,6 +9,8 @@ model sizes small enough for seconds on a CPU.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +225,30 @@ def path_set(key: str, value: Path | list[Path]) -> str:
     if isinstance(value, list):
         return f"{key}=[{', '.join(json.dumps(str(v)) for v in value)}]"
     return f"{key}={json.dumps(str(value))}"
+
+
+@contextmanager
+def local_http_server(body_of: Callable[[str], tuple[bytes, int]]) -> Iterator[str]:
+    """A local HTTP server for the block; `body_of(path)` gives the bytes it sends and the
+    Content-Length it announces (more than sent: the connection closes early). Yields its
+    root URL."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            body, length = body_of(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()

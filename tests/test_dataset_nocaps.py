@@ -16,8 +16,8 @@ from shared.config import load_config
 from shared.datasets.__main__ import app
 from shared.datasets.coco_download import DownloadError
 from shared.karpathy import load_karpathy
-from tests.dataset_fixtures import (SMALL_MODEL, fast_scoring, path_set, run_pipeline,
-                                    write_flickr30k, write_nocaps)
+from tests.dataset_fixtures import (SMALL_MODEL, fast_scoring, local_http_server, path_set,
+                                    run_pipeline, write_flickr30k, write_nocaps)
 from tests.test_dataset_flickr30k import flickr_sets
 from train.__main__ import write_run_config
 
@@ -130,32 +130,13 @@ def test_make_transfer_runs_evaluate_transfer_with_the_source_run() -> None:
 def test_missing_images_are_fetched_whole_or_not_at_all(tmp_path) -> None:
     """Images come from their coco_url (a local server here); one whose connection closes
     early is an error naming its URL, and no partial file stays behind."""
-    import http.server
-    import threading
-
     body = b"\xff\xd8" + bytes(range(256)) * 2  # the bytes are what is checked
-
-    class Images(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body) * (2 if "cut" in self.path else 1)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Images)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    root = f"http://127.0.0.1:{server.server_port}"
     folder = tmp_path / "images"
-    try:
+    with local_http_server(lambda path: (body, len(body) * (2 if "cut" in path else 1))) as root:
         fetched = nocaps.download_images([{"file_name": "a.jpg", "coco_url": f"{root}/a.jpg"}],
                                          folder, 2)
         assert fetched == 1 and (folder / "a.jpg").read_bytes() == body
         with pytest.raises(DownloadError, match=f"download of {root}/cut.jpg failed"):
             nocaps.download_images([{"file_name": "b.jpg", "coco_url": f"{root}/cut.jpg"}],
                                    folder, 2)
-    finally:
-        server.shutdown()
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg"]

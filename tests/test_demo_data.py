@@ -19,6 +19,7 @@ from shared.datasets.demo_scenes import CATEGORIES, COLORS, PATTERN_SHADE, patte
 from shared.datasets.demo_stage import demo_overrides, prepare_demo_data
 from shared.datasets.demo_writer import DemoPaths, generate_dataset
 from shared.karpathy import load_karpathy, split_records
+from tests.dataset_fixtures import local_http_server
 from tests.demo_masks import object_masks, patch_categories
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,26 +231,9 @@ def test_interrupted_download_is_one_line_and_leaves_no_part(tmp_path: Path) -> 
     """A server that closes the connection mid-file (urllib returns the short body without an
     error): `fetch` checks the Content-Length, raises DownloadError naming the URL, and leaves
     neither the archive nor its `.part` behind (a truncated archive was kept as complete)."""
-    import http.server
-    import threading
-
-    class HalfFile(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
-            self.send_response(200)
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            self.wfile.write(b"x" * 1000)  # then the connection closes
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), HalfFile)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/train2014.zip"
     dest = tmp_path / "train2014.zip"
-    try:
+    with local_http_server(lambda path: (b"x" * 1000, 100_000)) as root:
+        url = f"{root}/train2014.zip"
         with pytest.raises(coco_download.DownloadError, match=f"download of {url} failed"):
             coco_download.fetch(url, dest, timeout=5)
-    finally:
-        server.shutdown()
     assert not dest.exists() and not dest.with_name("train2014.zip.part").exists()
