@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed-$(FAISS)
 
 .PHONY: setup java browser demo test data extract cluster train eval all ablation transfer clean bench gpu-check status
 
-setup: $(STAMP) java browser
+setup: $(STAMP) java
 
 # constraints.txt: the tested versions of every dependency (what README's figures were made with)
 $(STAMP): pyproject.toml constraints.txt
@@ -35,7 +35,7 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: no chromium on PATH; the report rendering tests will be skipped"; fi; }
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q tests $(ARGS)
 
 data: setup
