@@ -32,7 +32,7 @@ from evaluate.chair import ImageChair, chair_scores, ground_truth_objects, metri
 from evaluate.chair_vocabulary import vocabulary_for
 from evaluate.checkpoint import load_trained_decoder
 from evaluate.clip_score import NAMES, clip_scores, reference_clip_scores
-from evaluate.coco_metrics import score_captions
+from evaluate.coco_metrics import CaptionScorer
 from evaluate.decode_split import decode_records
 from evaluate.hallucination import (hallucination_analysis, training_cooccurrence,
                                     write_hallucination)
@@ -127,7 +127,8 @@ def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
     records = {r.image_id: r for r in split_of(config, dataset) if r.image_id in captions}
     train_records = split_records(dataset, "train")  # restval included
     references = reference_captions(list(records.values()), config.data.captions_json)
-    scores = score_captions(captions, references, spice=config.eval.spice)
+    scorer = CaptionScorer(captions, references, spice=config.eval.spice)  # subsets reuse it
+    scores = scorer.score()
     corpus, notes = dict(scores.corpus), list(scores.notes)
     not_computed: dict[str, str] = {}
     if "SPICE" not in corpus:
@@ -173,7 +174,8 @@ def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
                             "max_length": config.eval.max_length},
                "checkpoint": (read_manifest(captions_stage(config).output) or {}).get("summary",
                                                                                         {})}
-    score_subsets(config, subsets, captions, references, chair_images, per_image, metrics)
+    score_subsets(config, subsets, scorer, chair_images, per_image, metrics)
+    scorer.close()
     write_json_atomic(eval_dir(config) / "per_image.json", list(per_image.values()))
     write_hallucination(eval_dir(config), hallucination)  # None: a stale one is removed
     write_json_atomic(run.spec.output, metrics)
@@ -181,28 +183,28 @@ def _score(run: StageRun, dataset: list[ImageRecord], captions: dict[int, str],
     return {"metrics": corpus}
 
 
-def score_subsets(config: Config, subsets: dict[str, frozenset[int]], captions: dict[int, str],
-                  references: dict[int, list[str]], chair: dict[int, ImageChair] | None,
+def score_subsets(config: Config, subsets: dict[str, frozenset[int]], scorer: CaptionScorer,
+                  chair: dict[int, ImageChair] | None,
                   per_image: dict[int, dict[str, Any]], metrics: dict[str, Any]) -> None:
     """With `subsets`, add metrics.json's "subsets" (name -> file, images, metrics,
     not_computed, chair_counts: `evaluate.subsets.subset_scores` on the subset's captioned
-    images), a note per subset that lost images without a caption (unreadable in the cache)
-    and to each `per_image` entry the names of its subsets."""
+    images, with the split's `scorer`), a note per subset that lost images without a caption
+    (unreadable in the cache) and to each `per_image` entry the names of its subsets."""
     if not subsets:
         return
     entries: dict[str, Any] = {}
     notes, not_computed = metrics["notes"], metrics["not_computed"]
     scores = {i: entry["scores"] for i, entry in per_image.items()}
     for name, ids in subsets.items():
-        scored = frozenset(ids & captions.keys())
+        scored = frozenset(ids & set(scorer.ids))
         if not scored:
             raise RuntimeError(f"subset '{name}': none of its {len(ids)} images has a caption "
                                "(unreadable in the cache)")
         if len(scored) < len(ids):
             notes.append(f"subset {name}: {len(ids) - len(scored)} of its {len(ids)} images "
                          f"have no caption (unreadable in the cache), scored on {len(scored)}")
-        values, counts = subset_scores(scored, captions, references, chair,
-                                       config.eval.chair_vocabulary, scores, config.eval.spice)
+        values, counts = subset_scores(scored, scorer, chair, config.eval.chair_vocabulary,
+                                       scores)
         entries[name] = {"file": config.eval.subsets[name], "images": len(scored),
                          "metrics": values,
                          "not_computed": {k: v for k, v in not_computed.items()

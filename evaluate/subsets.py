@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from evaluate.chair import ImageChair, corpus_chair, metric_names
-from evaluate.coco_metrics import score_captions
+from evaluate.coco_metrics import CaptionScorer
 from shared.config import Config
 
 MEAN_OF_IMAGES = ("CLIP-S", "RefCLIP-S", "CLIP-S_run", "RefCLIP-S_run")
@@ -117,16 +117,15 @@ def memberships(subsets: Mapping[str, frozenset[int]], image_id: int) -> list[st
     return [name for name, ids in subsets.items() if image_id in ids]
 
 
-def subset_scores(ids: frozenset[int], captions: Mapping[int, str],
-                  references: Mapping[int, list[str]], chair: Mapping[int, ImageChair] | None,
-                  vocabulary: str, per_image: Mapping[int, Mapping[str, float]],
-                  spice: bool) -> tuple[dict[str, float], dict[str, float]]:
+def subset_scores(ids: frozenset[int], scorer: CaptionScorer,
+                  chair: Mapping[int, ImageChair] | None, vocabulary: str,
+                  per_image: Mapping[int, Mapping[str, float]]
+                  ) -> tuple[dict[str, float], dict[str, float]]:
     """(metrics, CHAIR counts) of the captions of `ids` alone (see the module docstring);
-    `chair` None: CHAIR was not computed; `per_image`: the split's per-image scores."""
+    `scorer`: the split's captions, tokenised; `chair` None: CHAIR was not computed;
+    `per_image`: the split's per-image scores."""
     ordered = sorted(ids)
-    scores = score_captions({i: captions[i] for i in ordered},
-                            {i: list(references[i]) for i in ordered}, spice=spice)
-    metrics = dict(scores.corpus)
+    metrics = dict(scorer.score(ordered).corpus)
     counts: dict[str, float] = {}
     if chair is not None:
         counts = corpus_chair((chair[i] for i in ordered), vocabulary)

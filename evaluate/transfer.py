@@ -26,7 +26,7 @@ from evaluate.caption_checks import caption_stats, check_annotation_files, degen
 from evaluate.captioner import Captioner
 from evaluate.chair import ImageChair, chair_scores, ground_truth_objects, metric_names
 from evaluate.chair_vocabulary import vocabulary_for
-from evaluate.coco_metrics import score_captions
+from evaluate.coco_metrics import CaptionScorer
 from evaluate.references import reference_captions
 from evaluate.score import CLIPSCORE_NOTES, clip_score_metrics, score_subsets, split_of, \
     summary_lines
@@ -83,7 +83,8 @@ def score_transfer(config: Config, model_run: str | Path, force: bool = False,
                                f"(first: {unreadable[0] if unreadable else '-'})")
         scored = [r for r in records if r.image_id in captions]
         references = reference_captions(scored, config.data.captions_json)
-        scores = score_captions(captions, references, spice=config.eval.spice)
+        scorer = CaptionScorer(captions, references, spice=config.eval.spice)  # subsets too
+        scores = scorer.score()
         corpus, notes = dict(scores.corpus), list(scores.notes)
         if unreadable:
             notes.append(f"{len(unreadable)} images could not be read (first: {unreadable[0]})")
@@ -119,7 +120,8 @@ def score_transfer(config: Config, model_run: str | Path, force: bool = False,
             "caption_stats": caption_stats(captions),
             "decoding": {"beam_size": model.eval.beam_size, "max_length": model.eval.max_length},
             "model_run": str(model_run), "model_dataset": model.data.name}
-        score_subsets(config, subsets, captions, references, chair_images, per_image, metrics)
+        score_subsets(config, subsets, scorer, chair_images, per_image, metrics)
+        scorer.close()
         folder = eval_dir(config)
         write_json_atomic(folder / "captions.json", [{"image_id": i, "caption": captions[i]}
                                                      for i in sorted(captions)])

@@ -183,8 +183,8 @@ def create_clip(model_name: str, pretrained: str, device: str | torch.device = "
                           "random weights")
     register_model_configs()
     if model_name not in open_clip.list_models():
-        hint = (f"; clip.model names the architecture (e.g. 'ViT-B-32'), a hub name goes in "
-                f"clip.pretrained" if is_schema_name(model_name) else "")
+        hint = ("; clip.model names the architecture (e.g. 'ViT-B-32'), a hub name goes in "
+                "clip.pretrained" if is_schema_name(model_name) else "")
         raise CheckpointError(f"unknown CLIP model '{model_name}' (clip.model); see "
                               f"open_clip.list_models() or {MODEL_CONFIG_DIR}{hint}")
     if pretrained == RANDOM:

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-import shared.checkpoint_files as checkpoint_files
 from evaluate.__main__ import app as evaluate_app
 from evaluate.checkpoint import load_trained_decoder
 from shared.models.factory import load_fsgr

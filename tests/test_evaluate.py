@@ -132,6 +132,45 @@ def test_spice_missing_is_one_line_and_other_metrics_stay(tmp_path, monkeypatch)
     assert set(result.corpus) == set(CAPTION_METRICS) and result.corpus["Bleu_1"] > 0.5
 
 
+def test_one_scorer_scores_subsets_as_separate_runs_would(monkeypatch) -> None:
+    """`CaptionScorer`: one PTB run and one METEOR process for the split and its subsets,
+    values identical to pycocoevalcap run on each subset's captions alone (real Java)."""
+    candidates = {1: "a red circle on the left.", 2: "two blue squares", 3: "A green star",
+                  4: "a star and a heart", 5: "", 6: "a yellow cross above a diamond"}
+    references = {1: ["A red circle on the left.", "a red ball at the left side"],
+                  2: ["Two blue squares side by side.", "blue boxes"],
+                  3: ["a green star", "a small green star at the top"],
+                  4: ["A star next to a heart.", "a heart and a star"],
+                  5: ["a purple triangle", "one triangle"],
+                  6: ["a yellow cross above a diamond", "a cross and a diamond"]}
+    subsets = [[1, 2, 3, 4, 5, 6], [2, 4, 6], [5, 1]]
+    alone = [coco_metrics.score_captions({i: candidates[i] for i in ids},
+                                         {i: references[i] for i in ids}, spice=False)
+             for ids in subsets]
+    starts = {"ptb": 0, "meteor": 0}
+    tokenize, meteor = coco_metrics.ptb_tokenize, coco_metrics.Meteor
+
+    def counted_tokenize(captions):  # noqa: ANN001, ANN202
+        starts["ptb"] += 1
+        return tokenize(captions)
+
+    def counted_meteor():  # noqa: ANN202
+        starts["meteor"] += 1
+        return meteor()
+
+    monkeypatch.setattr(coco_metrics, "ptb_tokenize", counted_tokenize)
+    monkeypatch.setattr(coco_metrics, "Meteor", counted_meteor)
+    with coco_metrics.CaptionScorer(candidates, references, spice=False) as scorer:
+        shared = [scorer.score(ids) for ids in subsets]
+    assert starts == {"ptb": 1, "meteor": 1}
+    for own, reused in zip(alone, shared):
+        assert reused.corpus == own.corpus and reused.per_image == own.per_image
+        assert set(own.corpus) == set(CAPTION_METRICS)
+    assert shared[1].corpus["CIDEr"] != shared[0].corpus["CIDEr"]
+    with pytest.raises(ValueError, match="image id 7 is not among the scored captions"):
+        coco_metrics.CaptionScorer(candidates, references, spice=False).score([1, 7])
+
+
 def test_report_has_every_image(scored) -> None:
     config, _, _ = scored
     path = build_report(config)

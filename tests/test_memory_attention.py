@@ -21,8 +21,8 @@ def causal_mask(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
 
 def pair(seed: int = 0) -> tuple[MultiHeadAttention, PrototypeMemoryAttention]:
     torch.manual_seed(seed)
-    mha = MultiHeadAttention(D, H, 0.0).eval()
-    pma = PrototypeMemoryAttention(D, H, 0.0).eval()
+    mha = MultiHeadAttention(D, H).eval()
+    pma = PrototypeMemoryAttention(D, H).eval()
     missing, unexpected = pma.load_state_dict(mha.state_dict(), strict=False)
     assert not unexpected and set(missing) == {"seg_input", "seg_memory", "memory_keys",
                                               "memory_values"}
@@ -89,7 +89,7 @@ def test_recording_keys_values() -> None:
 def test_state_dict_round_trip_resizes_prototypes() -> None:
     _, pma = pair()
     pma.set_prototypes(torch.randn(9, D), torch.randn(9, D))
-    fresh = PrototypeMemoryAttention(D, H, 0.0).eval()
+    fresh = PrototypeMemoryAttention(D, H).eval()
     fresh.set_prototypes(torch.randn(2, D), torch.randn(2, D))
     fresh.load_state_dict(pma.state_dict())
     assert fresh.memory_size == 9
@@ -219,3 +219,23 @@ def test_training_steps_with_self_memory_reach_segment_embeddings() -> None:
             assert grad is not None and grad.abs().sum() > 0
         assert not layer.self_attn.memory_keys.requires_grad
     assert model.cross_memory.segment.grad.abs().sum() > 0
+
+
+def test_attention_weights_get_no_dropout_only_the_sublayer_outputs() -> None:
+    """As M2: softmax(QK^T)V without dropout on the weights (train = eval output for the
+    attention itself, with or without prototypes); the decoder layer drops its sublayer
+    outputs before each residual sum, so its training forward stays stochastic."""
+    mha, pma = pair()
+    pma.set_prototypes(torch.randn(5, D), torch.randn(5, D))
+    x, allowed = inputs()
+    for attention in (mha, pma):
+        expected = attention.eval()(x, x, x, allowed)
+        attention.train()
+        torch.manual_seed(3)
+        first = attention(x, x, x, allowed)
+        second = attention(x, x, x, allowed)
+        assert torch.equal(first, second) and torch.allclose(first, expected, atol=1e-6)
+    decoder = CaptionDecoder(DecoderDims(d_visual=D, vocab_size=9, d_model=D, n_heads=H,
+                                         n_dec_layers=1, d_ff=2 * D, dropout=0.5)).train()
+    visual, tokens = torch.randn(2, 3, D), torch.randint(1, 9, (2, 5))
+    assert not torch.equal(decoder(visual, tokens), decoder(visual, tokens))

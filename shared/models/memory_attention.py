@@ -1,6 +1,8 @@
 """Attention blocks of the caption decoder and their prototype-memory variants (DESIGN.md §2).
 
-- ``MultiHeadAttention``: standard multi-head attention (SDPA) with a boolean ``allowed`` mask.
+- ``MultiHeadAttention``: standard multi-head attention (SDPA) with a boolean ``allowed`` mask,
+  without dropout on the attention weights, as M2's ``ScaledDotProductAttention`` (the layers
+  apply dropout to the attention output, before the residual sum).
 - ``PrototypeMemoryAttention``: PMA-Net's replacement for the decoder's masked self-attention.
   Keys/values of the input tokens are extended with per-layer prototypes M_K, M_V living in the
   projected (d_model) key/value space: K~ = [K + s_in ; M_K + s_mem], V~ = [V ; M_V]. Queries
@@ -24,13 +26,14 @@ from torch.nn import functional as F
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention over (query, key, value) with optional boolean masks."""
+    """Multi-head attention over (query, key, value) with optional boolean masks; no dropout
+    on the attention weights (M2's attention has none; the caller drops the output)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.dropout = n_heads, dropout
+        self.n_heads = n_heads
         self.q_proj, self.k_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
         self.v_proj, self.out_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
 
@@ -41,8 +44,7 @@ class MultiHeadAttention(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
         """Attention on projected q [B, Lq, d], k/v [B, Lk, d] -> output projection [B, Lq, d]."""
         out = F.scaled_dot_product_attention(self.split(q), self.split(k), self.split(v),
-                                             attn_mask=allowed,
-                                             dropout_p=self.dropout if self.training else 0.0)
+                                             attn_mask=allowed)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
@@ -92,8 +94,8 @@ class PrototypeMemoryAttention(_ResizableBuffers, MultiHeadAttention):
 
     resizable = ("memory_keys", "memory_values")
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
-        super().__init__(d_model, n_heads, dropout)
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__(d_model, n_heads)
         self.seg_input = nn.Parameter(torch.randn(d_model) * 0.02)
         self.seg_memory = nn.Parameter(torch.randn(d_model) * 0.02)
         self.register_buffer("memory_keys", torch.zeros(0, d_model))
