@@ -7,6 +7,7 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(FAISS)
+DEV     := $(VENV)/.installed-dev
 
 .PHONY: setup java browser demo test data extract cluster train eval all ablation transfer clean bench gpu-check status
 
@@ -16,8 +17,13 @@ setup: $(STAMP) java
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,$(FAISS)]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(FAISS)]'
 	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# the test and benchmark tools (pytest, scikit-learn, tensorboard) on top: `make test`, `make bench`
+$(DEV): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,$(FAISS)]'
 	@touch $@
 
 # Java runs the PTB tokenizer and METEOR of pycocoevalcap.
@@ -35,7 +41,7 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: no chromium on PATH; the report rendering tests will be skipped"; fi; }
 
-test: setup browser
+test: setup $(DEV) browser
 	$(PY) -m pytest -q tests $(ARGS)
 
 data: setup
@@ -114,7 +120,7 @@ transfer: setup
 status: setup
 	$(PY) -m shared.status --config $(CONFIG) $(ARGS)
 
-bench: setup
+bench: setup $(DEV)
 	$(PY) -m bench.extract
 	$(PY) -m bench.beam
 	$(PY) -m bench.cider

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.manifest import read_manifest
+from shared.manifest import read_manifest, upstream_token
 
 DECODER_OUTPUTS = {"train.scst": Path("train/scst/best.pt"), "train": Path("train/best.pt")}
 
@@ -91,7 +91,7 @@ def _training_record(metrics_path: Path) -> tuple[StageRecord | None, str | None
     manifest = read_manifest(output)
     if manifest is None:
         return None, f"no manifest of {output}"
-    if manifest.get("identity") != captions["inputs"][stage]:
-        return None, (f"{output} was rebuilt after this evaluation (identity "
-                      f"{manifest.get('identity')}, evaluated {captions['inputs'][stage]})")
+    if upstream_token(manifest) != captions["inputs"][stage]:
+        return None, (f"{output} was rebuilt after this evaluation (build "
+                      f"{upstream_token(manifest)}, evaluated {captions['inputs'][stage]})")
     return _record(output, manifest), None

@@ -21,7 +21,7 @@ from shared.chunked_stage import ChunkedOutput, Shard, rank_device, run_chunked
 from shared.config import Config
 from shared.devices import autocast, resolve_device
 from shared.feature_store import ArraySpec, FeatureStore
-from shared.manifest import read_manifest, require_current
+from shared.manifest import read_manifest, require_current, upstream_token
 from shared.stage_runner import StageResult
 from shared.stages import clip_stage, concepts_stage, encode_stage, fit_stage
 
@@ -78,7 +78,8 @@ def _encode(output: ChunkedOutput, progress: bool) -> dict[str, Any]:
     encoder, meta = load_fsgr(config, device)
     concepts = read_manifest(concepts_stage(config).output) or {}
     with FeatureStore.open(clip_path) as clip_store:
-        check_compatible(meta, clip_store.attrs, concepts.get("identity", ""), str(clip_path))
+        check_compatible(meta, clip_store.attrs, upstream_token(concepts) if concepts else "",
+                         str(clip_path))
         if clip_store.rows_per_chunk != config.store.rows_per_chunk:
             raise RuntimeError(f"{clip_path} has {clip_store.rows_per_chunk} rows per "
                                f"chunk but store.rows_per_chunk is {config.store.rows_per_chunk}")

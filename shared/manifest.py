@@ -6,8 +6,11 @@ plain files by content), the code version and the time. An output is up to date 
 manifest exists, both the config values and the input identities match the current ones, and
 every upstream stage is itself up to date, recursively: a stage never runs on, or is reported
 current from, inputs that a config change has made stale (`StaleInputError` names the first
-stale stage up the DAG and the command that rebuilds it). A stage that re-runs gets a new
-identity, so everything downstream of it becomes stale automatically.
+stale stage up the DAG and the command that rebuilds it). Each manifest also holds a `build`
+token, new whenever the stage runs; a downstream manifest records an upstream stage by its
+identity and build (`upstream_token`), so a re-run, even a `--force` one with unchanged config
+and inputs (new code), makes everything downstream of it stale automatically. The identity
+itself stays a function of the config and inputs: an interrupted build resumes under it.
 
 Input keys never hold where the runs or the checkout live (upstream stages by name, files
 under the run folder or the repository by relative path, file identities by content), so
@@ -21,6 +24,7 @@ import hashlib
 import json
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -106,12 +110,20 @@ def _fingerprint(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def upstream_token(manifest: dict[str, Any]) -> str:
+    """How a downstream manifest records an upstream output: `<identity>+<build>` (the build
+    is new on every run of the stage); the bare identity for manifests written before builds
+    were recorded, so finished runs stay current."""
+    build = manifest.get("build")
+    return f"{manifest['identity']}+{build}" if build else manifest["identity"]
+
+
 def input_identity(path: Path) -> str:
-    """Identity of an input: the identity in its manifest if it has one, else a file hash."""
+    """Identity of an input: its manifest's `upstream_token` if it has one, else a file hash."""
     path = Path(path)
     manifest = read_manifest(path)
     if manifest is not None:
-        return manifest["identity"]
+        return upstream_token(manifest)
     if path.is_file():
         return file_fingerprint(path)
     if path.exists():
@@ -140,7 +152,7 @@ def _state(spec: StageSpec, config: Config) -> dict[str, Any]:
         manifest = read_manifest(upstream.output)
         if manifest is None:
             raise StaleInputError(_rebuild_line(spec, upstream, "has not been built"))
-        inputs[upstream.name] = manifest["identity"]
+        inputs[upstream.name] = upstream_token(manifest)
     return {"config": values, "config_hash": hash_values(values), "inputs": inputs,
             "identity": hash_values({"stage": spec.name, "config": values, "inputs": inputs})}
 
@@ -235,7 +247,7 @@ def write_manifest(spec: StageSpec, config: Config, summary: dict[str, Any] | No
     """Atomically write the manifest that marks `spec.output` complete."""
     state = state or current_state(spec, config)
     manifest = {"stage": spec.name, "output": str(spec.output), **state,
-                "code_version": code_version(),
+                "build": uuid.uuid4().hex[:12], "code_version": code_version(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "summary": summary or {}}
     write_json_atomic(spec.manifest_path, manifest)

@@ -190,3 +190,31 @@ def test_a_changed_input_file_makes_its_stages_and_everything_below_stale(built)
     report = {s.name: s for s in _stages(config)}["evaluate.report"]
     with pytest.raises(StaleInputError, match="input changed"):
         decide(report, config)
+
+
+def test_a_rebuilt_stage_makes_everything_below_it_stale(built) -> None:
+    """A re-run with the same config and inputs (`--force`, e.g. after a code change) may write
+    other content: every stage downstream of it must re-run, while the identity of the re-run
+    stage stays what its config and inputs make it (an interrupted build resumes under it)."""
+    config, _ = built
+    stages = _stages(config)
+    checked = 0
+    for rebuilt in stages:
+        below = [s for s in stages if rebuilt.name in _closure(s)]
+        before = read_manifest(rebuilt.output)
+        write_manifest(rebuilt, config)  # what run_stage does after a --force build
+        after = read_manifest(rebuilt.output)
+        assert after["identity"] == before["identity"] and after["build"] != before["build"]
+        assert decide(rebuilt, config).up_to_date
+        for spec in below:
+            between = [u for u in _closure(spec).values() if rebuilt.name in _closure(u)]
+            if between:  # a stage in between is stale first: it is the one named
+                with pytest.raises(StaleInputError, match=r" is stale \(input changed \("):
+                    decide(spec, config)
+            else:
+                decision = decide(spec, config)
+                assert not decision.up_to_date, (rebuilt.name, spec.name)
+                assert decision.reason == f"input changed ({rebuilt.name})", decision.reason
+            checked += 1
+        _build_all(config)  # everything current again for the next stage
+    assert checked > 20
